@@ -1,0 +1,47 @@
+# neuralode — `make help` lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+NEURALODE := $(VENV)/bin/neuralode
+PROFILE ?= smoke
+REPORT_DIR ?= outputs/report-$(PROFILE)
+DATA ?= mnist
+DATA_ROOT ?=
+
+.PHONY: help install demo test test-all smoke bench bench-quick reproduce report clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+
+install: $(PY) ## Create .venv and install neuralode with the dev extra (pytest, torchdiffeq, scipy)
+	$(PY) -m pip install -e ".[dev]"
+
+demo: ## Train the ODE-Net on MNIST with profile=smoke (DATA=fashion_mnist DATA_ROOT=... for offline data)
+	$(NEURALODE) train task=mnist model=odenet solver=dopri5 data=$(DATA) profile=smoke $(if $(DATA_ROOT),data.root=$(DATA_ROOT))
+
+test: ## Fast tests plus CLI smoke runs (what CI runs)
+	$(PY) -m pytest -q
+
+test-all: ## Every test, slow ones included
+	$(PY) -m pytest -q -m ""
+
+bench-quick: ## Side-by-side benchmark vs torchdiffeq, small sizes (CPU)
+	$(PY) scripts/bench.py --quick
+
+bench: ## Full side-by-side benchmark vs torchdiffeq (add ARGS="--device cuda" on a GPU)
+	$(PY) scripts/bench.py $(ARGS)
+
+reproduce: ## Run every experiment and write REPORT.md (PROFILE=smoke|quick|full REPORT_DIR=...)
+	$(PY) -m neuralode.report.reproduce --profile $(PROFILE) --report-dir $(REPORT_DIR) $(ARGS)
+
+report: ## Rebuild REPORT.md from existing run outputs without training (REPORT_DIR=...)
+	$(PY) -m neuralode.report.reproduce --profile $(PROFILE) --report-dir $(REPORT_DIR) --no-train $(ARGS)
+
+clean: ## Remove run outputs and caches (keeps .venv)
+	rm -rf outputs multirun .pytest_cache

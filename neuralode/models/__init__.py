@@ -1,0 +1,1 @@
+"""Neural network models: ODE blocks and the paper's task-specific networks."""

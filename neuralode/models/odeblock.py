@@ -1,0 +1,89 @@
+"""An ``nn.Module`` that integrates a dynamics module with the configured solver and counts its work."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from neuralode.solvers import SolveStats, odeint, odeint_adjoint
+
+
+@dataclass
+class SolverSpec:
+    """What to integrate with: the resolved form of the ``solver`` config group."""
+
+    method: str = "dopri5"
+    rtol: float = 1e-3
+    atol: float = 1e-3
+    adjoint: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
+    adjoint_options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, solver_cfg: Mapping[str, Any], default_tol: float) -> "SolverSpec":
+        """Resolve ``tol``/``rtol``/``atol``: ``tol`` (or the task's default) sets both, each may override."""
+        tol = solver_cfg.get("tol")
+        tol = default_tol if tol is None else tol
+        rtol = solver_cfg.get("rtol")
+        atol = solver_cfg.get("atol")
+        return cls(
+            method=solver_cfg["method"],
+            rtol=float(tol if rtol is None else rtol),
+            atol=float(tol if atol is None else atol),
+            adjoint=bool(solver_cfg.get("adjoint", True)),
+            options=dict(solver_cfg.get("options") or {}),
+            adjoint_options=dict(solver_cfg.get("adjoint_options") or {}),
+        )
+
+
+class ODEBlock(nn.Module):
+    """Solve ``dy/dt = func(t, y)`` from ``t[0]`` and return the states at ``t`` (or only the last).
+
+    Every solve records its NFE and step counts in ``self.stats``; the trainer reads and resets them
+    through :func:`collect_solve_stats` and :func:`reset_solve_stats`.
+    """
+
+    def __init__(self, func: nn.Module, solver: SolverSpec, t: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.func = func
+        self.solver = solver
+        self.register_buffer("default_t", torch.tensor([0.0, 1.0]) if t is None else t.clone(), persistent=False)
+        self.stats = SolveStats()
+
+    def forward(self, y0: Any, t: torch.Tensor | None = None, *, last_only: bool = True) -> Any:
+        t = self.default_t if t is None else t
+        t = t.to(device=_first_tensor(y0).device, dtype=_first_tensor(y0).dtype)
+        s = self.solver
+        if s.adjoint:
+            ys = odeint_adjoint(self.func, y0, t, rtol=s.rtol, atol=s.atol, method=s.method, options=s.options,
+                                adjoint_options=s.adjoint_options or None, stats=self.stats)
+        else:
+            ys = odeint(self.func, y0, t, rtol=s.rtol, atol=s.atol, method=s.method, options=s.options,
+                        stats=self.stats)
+        if not last_only:
+            return ys
+        return tuple(y[-1] for y in ys) if isinstance(ys, tuple) else ys[-1]
+
+
+def _first_tensor(y: Any) -> torch.Tensor:
+    return y[0] if isinstance(y, tuple) else y
+
+
+def solve_stats_of(model: nn.Module) -> list[SolveStats]:
+    return [m.stats for m in model.modules() if isinstance(m, ODEBlock)]
+
+
+def reset_solve_stats(model: nn.Module) -> None:
+    for s in solve_stats_of(model):
+        s.reset()
+
+
+def collect_solve_stats(model: nn.Module) -> SolveStats:
+    """Sum of the stats of every ODE block in ``model`` since their last reset."""
+    total = SolveStats()
+    for s in solve_stats_of(model):
+        total.add(s)
+    return total

@@ -1,0 +1,49 @@
+"""The small protocol every task implements, so one trainer can run them all."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+
+@dataclass
+class StepOutput:
+    """Result of one training step: the loss to backpropagate and per-batch metric means."""
+
+    loss: torch.Tensor
+    batch_size: int
+    metrics: dict[str, float] = field(default_factory=dict)  # e.g. {"train_acc": 0.93}
+
+
+class Task(Protocol):
+    """A paper experiment: data, model, loss, metrics and figures.
+
+    The trainer owns the loop, optimiser steps, logging, checkpoints and NFE bookkeeping;
+    a task owns everything specific to its experiment.
+    """
+
+    model: nn.Module
+
+    def train_batches(self, epoch: int) -> Iterable[Any]:
+        """Batches (already on the task's device) for one training epoch; seeded by the trainer's RNG."""
+        ...
+
+    def training_step(self, batch: Any) -> StepOutput:
+        """Forward pass and loss on one batch (no backward, no optimiser step)."""
+        ...
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out metrics (e.g. ``test_acc``, ``test_rmse``, ``test_nll``), computed under no_grad where possible."""
+        ...
+
+    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+        """Optimiser and an optional per-epoch LR scheduler, as the paper's reference code trains this task."""
+        ...
+
+    def save_figures(self, out_dir: Path) -> list[Path]:
+        """Write the task's PNG figures into ``out_dir``; return their paths."""
+        ...
