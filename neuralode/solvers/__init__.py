@@ -1,5 +1,7 @@
 """ODE solvers: Butcher tableaus, one explicit RK stepper, PI step-size control, and the adjoint."""
+from neuralode.solvers.adjoint import odeint_adjoint
+from neuralode.solvers.odeint import odeint
+from neuralode.solvers.rk import SOLVERS, MaxNumStepsError, NonFiniteError
 from neuralode.solvers.stats import SolveStats
 
-# odeint / odeint_adjoint / SOLVERS are provided by the solver core (issue 2).
-__all__ = ["SOLVERS", "SolveStats", "odeint", "odeint_adjoint"]
+__all__ = ["SOLVERS", "MaxNumStepsError", "NonFiniteError", "SolveStats", "odeint", "odeint_adjoint"]

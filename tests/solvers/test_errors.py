@@ -1,0 +1,118 @@
+"""Bad input and unsolvable problems fail with one clear line, never a hang."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from neuralode import SOLVERS, odeint, odeint_adjoint
+from neuralode.solvers import MaxNumStepsError, NonFiniteError
+
+T = torch.tensor([0.0, 1.0])
+
+
+def decay(t, y):
+    return -y
+
+
+def test_unknown_method_lists_valid_ones():
+    with pytest.raises(ValueError, match="unknown method 'rk45'; valid methods: ") as e:
+        odeint(decay, torch.ones(2), T, method="rk45")
+    assert all(name in str(e.value) for name in SOLVERS)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(rtol=-1e-3), "rtol must be a finite number >= 0, got -0.001"),
+    (dict(atol=-1.0), "atol must be a finite number >= 0"),
+    (dict(rtol=float("nan")), "rtol must be a finite number >= 0"),
+    (dict(rtol=0.0, atol=0.0), "cannot both be 0"),
+])
+def test_bad_tolerances(kw, match):
+    with pytest.raises(ValueError, match=match):
+        odeint(decay, torch.ones(2), T, **kw)
+
+
+def test_bad_adjoint_tolerance_is_named():
+    with pytest.raises(ValueError, match="adjoint_rtol must be a finite number >= 0"):
+        odeint_adjoint(decay, torch.ones(2), T, adjoint_rtol=-1.0, adjoint_params=())
+
+
+@pytest.mark.parametrize("t,match", [
+    (torch.tensor([0.0, 1.0, 0.5]), r"strictly increasing or strictly decreasing; got t\[1\]=1, t\[2\]=0.5"),
+    (torch.tensor([0.0, 0.0, 1.0]), "strictly increasing"),
+    (torch.tensor([[0.0, 1.0]]), "1-D tensor"),
+    (torch.tensor([]), "non-empty"),
+    (torch.tensor([0.0, float("inf")]), "t must be finite"),
+])
+def test_bad_times(t, match):
+    with pytest.raises(ValueError, match=match):
+        odeint(decay, torch.ones(2), t)
+
+
+def test_t_must_be_a_tensor():
+    with pytest.raises(TypeError, match="t must be a 1-D tensor"):
+        odeint(decay, torch.ones(2), [0.0, 1.0])
+
+
+def test_max_num_steps_names_time_and_remedies():
+    # Fast oscillation + tight tolerance + a tiny step budget.
+    with pytest.raises(MaxNumStepsError) as e:
+        odeint(lambda t, y: torch.stack([y[1], -1e4 * y[0]]), torch.tensor([1.0, 0.0]), torch.tensor([0.0, 10.0]),
+               options=dict(max_num_steps=50))
+    msg = str(e.value)
+    assert "max_num_steps=50 exceeded" in msg and "reached t=" in msg
+    assert "loosen rtol/atol" in msg and "fixed-step method" in msg
+    assert "\n" not in msg
+
+
+def test_max_num_steps_reports_caller_time_in_reverse():
+    with pytest.raises(MaxNumStepsError, match=r"reached t=9\.\d+ of \[10, 0\]"):
+        odeint(lambda t, y: torch.stack([y[1], -1e4 * y[0]]), torch.tensor([1.0, 0.0]), torch.tensor([10.0, 0.0]),
+               options=dict(max_num_steps=50))
+
+
+def test_nonfinite_derivative_is_rejected_and_recovered():
+    # Blows up (inf) whenever a stage state leaves [-5, 5], as an over-long step of y' = -50 y does.
+    def f(t, y):
+        return torch.where(y.abs() > 5, torch.full_like(y, float("inf")), -50 * y)
+
+    stats_ys = odeint(f, torch.tensor([1.0]), torch.tensor([0.0, 0.2]), rtol=1e-8, atol=1e-10,
+                      options=dict(first_step=1.0))
+    assert stats_ys[-1].item() == pytest.approx(torch.exp(torch.tensor(-10.0)).item(), rel=1e-6)
+
+
+def test_nonfinite_unrecoverable_raises_clearly():
+    with pytest.raises(NonFiniteError, match="non-finite values"):
+        odeint(lambda t, y: y * float("nan"), torch.ones(2), T)
+    # Finite at t0, non-finite everywhere after it: shrinking the step cannot help.
+    with pytest.raises(NonFiniteError, match=r"non-finite values near t=0 .*check the dynamics"):
+        odeint(lambda t, y: torch.where(t > 0, torch.full_like(y, float("nan")), -y), torch.ones(2), T)
+
+
+@pytest.mark.parametrize("method,options,match", [
+    ("dopri5", dict(step_size=0.1), "'step_size' is not an option of method 'dopri5'; valid: first_step"),
+    ("rk4", dict(first_step=0.1), "'first_step' is not an option of method 'rk4'; valid: step_size"),
+    ("rk4", dict(step_size=-0.1), r"options\['step_size'\] must be a positive finite number"),
+    ("dopri5", dict(max_num_steps=0), r"options\['max_num_steps'\] must be a positive integer"),
+    ("dopri5", dict(norm="l2"), r"options\['norm'\] must be a callable"),
+])
+def test_bad_options(method, options, match):
+    with pytest.raises(ValueError, match=match):
+        odeint(decay, torch.ones(2), T, method=method, options=options)
+
+
+def test_bad_states_and_dynamics():
+    with pytest.raises(TypeError, match="y0 must be floating point"):
+        odeint(decay, torch.ones(2, dtype=torch.long), T)
+    with pytest.raises(ValueError, match="share one dtype"):
+        odeint(lambda t, y: y, (torch.ones(2), torch.ones(2, dtype=torch.float32)), T)
+    with pytest.raises(ValueError, match=r"func\(t, y\) has shape\(s\) \(3,\) but the state has shape\(s\) \(2,\)"):
+        odeint(lambda t, y: torch.ones(3), torch.ones(2), T)
+
+
+def test_adjoint_needs_parameters_of_a_plain_function():
+    with pytest.raises(ValueError, match="pass adjoint_params"):
+        odeint_adjoint(decay, torch.ones(2), T)
+    with pytest.raises(ValueError, match=r"unknown adjoint_method 'nope'"):
+        odeint_adjoint(decay, torch.ones(2), T, adjoint_method="nope", adjoint_params=())
+    with pytest.raises(ValueError, match=r"adjoint_options\['norm'\] must be 'seminorm'"):
+        odeint_adjoint(decay, torch.ones(2), T, adjoint_options=dict(norm="l1"), adjoint_params=())
