@@ -1,0 +1,176 @@
+"""The ``neuralode`` command: ``neuralode train <overrides>`` and ``neuralode eval <overrides>``.
+
+Each subcommand is a thin ``@hydra.main`` wrapper around :func:`neuralode.train.train` or
+:func:`neuralode.evaluate.evaluate`. Mistakes in the command line or config (unknown option, bad type,
+bad value, unreadable checkpoint, missing data) end with one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import DictConfig
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from neuralode.config import config_dir, register_configs
+
+USAGE = """\
+usage: neuralode <command> [overrides ...]
+
+commands:
+  train   train a task; the run dir is outputs/<task>/<overrides>, and the same command resumes it
+          neuralode train task=mnist model=odenet solver=dopri5 profile=smoke
+  eval    evaluate a checkpoint, e.g. at another solver or tolerance
+          neuralode eval checkpoint=<run dir or .pt> solver=rk4 solver.tol=1e-2
+
+`neuralode <command> --help` lists the config groups and their options; `--cfg job` prints the
+composed config; -m runs a sweep (solver=dopri5,rk4). HYDRA_FULL_ERROR=1 shows tracebacks.
+"""
+
+# Errors caused by what the user asked for; anything else is a bug and keeps its traceback.
+_USER_ERRORS = (HydraException, OmegaConfBaseException, ValueError, FileNotFoundError)
+
+
+def _train_app(cfg: DictConfig) -> None:
+    from neuralode.train import train  # imported here: TensorBoard & co. load only for this command
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        with _reported("neuralode train"):
+            train(cfg, run_dir)
+    except SystemExit:
+        _remove_if_unused(run_dir)
+        raise
+
+
+def _remove_if_unused(run_dir: Path) -> None:
+    """A command rejected before training leaves no run dir behind: remove what Hydra put in a fresh one."""
+    hydra_files = {".hydra", "train.log"}
+    if not run_dir.is_dir() or not {p.name for p in run_dir.iterdir()} <= hydra_files:
+        return
+    for name in hydra_files:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    run_dir.rmdir()
+
+
+def _eval_app(cfg: DictConfig) -> None:
+    from neuralode.evaluate import evaluate
+
+    with _reported("neuralode eval"):
+        evaluate(cfg)
+
+
+COMMANDS: dict[str, tuple[str, Callable[[DictConfig], None]]] = {
+    "train": ("config", _train_app),
+    "eval": ("eval", _eval_app),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        sys.exit(0 if args else 2)
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        _fail("neuralode", f"unknown command {command!r}; use one of: {', '.join(COMMANDS)} (neuralode --help)")
+    config_name, app = COMMANDS[command]
+    register_configs()
+    run = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(app)
+    # Hydra reads its overrides from sys.argv and reports errors itself unless HYDRA_FULL_ERROR is set;
+    # setting it makes Hydra re-raise, so user errors can be reported here in one line.
+    global _wants_traceback
+    _wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    sys.argv = [f"neuralode {command}", *(_rewrite(arg, command) for arg in rest)]
+    with _reported(f"neuralode {command}"):
+        run()
+
+
+_wants_traceback = False
+# Free-form dicts under a typed schema: new keys need Hydra's "++" prefix, which users shouldn't have to know.
+_OPEN_DICTS = {"train": ("solver.options.", "solver.adjoint_options."),
+               "eval": ("solver.options.", "solver.adjoint_options.", "data.")}
+# Path values taken verbatim: run dir names hold "=" and ",", which Hydra's override grammar would parse.
+_PATH_KEYS = {"train": (), "eval": ("checkpoint", "output")}
+
+
+def _rewrite(arg: str, command: str) -> str:
+    """Spare users two Hydra subtleties: ``solver.options.step_size=0.1`` becomes ``++solver.options...``
+    (add the key or override it), and ``checkpoint=outputs/mnist/model=odenet,profile=smoke`` is quoted."""
+    key, eq, value = arg.partition("=")
+    if not eq:
+        return arg
+    if key in _PATH_KEYS[command] and not value.startswith(("'", '"')):
+        return f"{key}='" + value.replace("'", "\\'") + "'"
+    if key.startswith(_OPEN_DICTS[command]):
+        return "++" + arg
+    return arg
+
+
+@contextlib.contextmanager
+def _reported(prog: str) -> Iterator[None]:
+    """Turn a user error into one line on stderr and exit code 2 (a traceback with HYDRA_FULL_ERROR=1)."""
+    try:
+        yield
+    except _USER_ERRORS as e:
+        if _wants_traceback:
+            raise
+        _fail(prog, describe_error(e))
+
+
+def _fail(prog: str, message: str) -> NoReturn:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def describe_error(error: BaseException) -> str:
+    """One line saying what is wrong and what would be right, from Hydra's or OmegaConf's multi-line errors."""
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file:
+        group, _, option = error.missing_cfg_file.rpartition("/")
+        if group and error.options:
+            return f"unknown {group} option {option!r}; choose one of: {', '.join(sorted(error.options))}"
+        return _one_line(str(error))
+    cause = error
+    while not isinstance(cause, OmegaConfBaseException) and cause.__cause__ is not None:
+        cause = cause.__cause__
+    if isinstance(cause, OmegaConfBaseException):
+        return _describe_omegaconf(cause)
+    return _one_line(str(error)) or type(error).__name__
+
+
+def _describe_omegaconf(error: OmegaConfBaseException) -> str:
+    key = getattr(error, "full_key", None)
+    message = _one_line(getattr(error, "msg", None) or str(error))
+    if isinstance(error, (ConfigKeyError, ConfigAttributeError)):
+        schema = getattr(error, "object_type", None)
+        if dataclasses.is_dataclass(schema):
+            known = ", ".join(f.name for f in dataclasses.fields(schema))
+            return f"{key} is not a known key; {schema.__name__} has: {known}"
+        return f"{key} is not a known key; add a new key with +{key}=<value> (--cfg job shows the config)"
+    if "Missing mandatory value" in message:
+        return f"{key} is required; add {key}=<value> to the command"
+    return f"{key}: {message}" if key else message
+
+
+def _one_line(text: str) -> str:
+    """A multi-line message joined into one, less Hydra's pointers to docs and tracebacks."""
+    lines = [line.strip() for line in text.strip().splitlines()]
+    return "; ".join(line.rstrip(".") for line in lines if line and not line.startswith(("See https", "Set the env")))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Structured configs: the typed schema Hydra merges the YAML groups into, plus value checks.
+
+Types (and unknown keys) are enforced by OmegaConf while Hydra composes; the value ranges that a type
+cannot express (positive tolerances, epochs >= 1, a known solver method) are checked by :func:`validate`.
+``task``, ``model`` and ``data`` are free-form here: each task validates its own keys.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+import neuralode
+from neuralode.solvers import SOLVERS
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message says which key, why, and what would be right."""
+
+
+@dataclass
+class SolverConfig:
+    method: str = MISSING
+    tol: Optional[float] = None    # None: the task's default tolerance
+    rtol: Optional[float] = None   # None: tol
+    atol: Optional[float] = None   # None: tol
+    adjoint: bool = True
+    options: Dict[str, Any] = field(default_factory=dict)
+    adjoint_options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 10
+    resume: bool = True             # continue from <run dir>/checkpoints/last.pt when it exists
+    progress: bool = True           # tqdm bar per epoch
+    figures_every: int = 0          # also save figures every N epochs (0: only at the end)
+    threads: Optional[int] = None   # torch.set_num_threads; None leaves torch's default
+
+
+@dataclass
+class ProfileConfig:
+    name: str = MISSING
+
+
+@dataclass
+class Config:
+    task: Dict[str, Any] = field(default_factory=dict)
+    model: Dict[str, Any] = field(default_factory=dict)
+    data: Dict[str, Any] = field(default_factory=dict)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class EvalSolverConfig:
+    """Solver changes for ``neuralode eval``: fields left None keep the checkpoint's value; options are
+    added to the checkpoint's (which are dropped when the method changes)."""
+
+    method: Optional[str] = None
+    tol: Optional[float] = None
+    rtol: Optional[float] = None
+    atol: Optional[float] = None
+    adjoint: Optional[bool] = None
+    options: Dict[str, Any] = field(default_factory=dict)
+    adjoint_options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: str = MISSING                        # a last.pt file or a run dir holding checkpoints/last.pt
+    solver: EvalSolverConfig = field(default_factory=EvalSolverConfig)
+    data: Dict[str, Any] = field(default_factory=dict)  # patches the checkpoint's data config (e.g. data.root)
+    device: str = "auto"
+    output: Optional[str] = None                     # append the result as one JSON line to this file
+
+
+def run_name(override_dirname: str) -> str:
+    """Run dir name from Hydra's ``override_dirname`` (``model=resnet,profile=smoke``); ``default`` for none.
+
+    ``+``/``++`` prefixes are dropped so that adding a key names the dir like setting it.
+    """
+    return re.sub(r"(^|,)\++", r"\1", override_dirname).replace("/", "_") or "default"
+
+
+def register_configs() -> None:
+    """Put the schemas in Hydra's ConfigStore (``config.yaml`` and ``eval.yaml`` list them first) and the
+    ``run_name`` resolver the run dir is named with."""
+    OmegaConf.register_new_resolver("run_name", run_name, replace=True)
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    cs.store(name="base_eval", node=EvalConfig)
+
+
+def config_dir() -> Path:
+    """The folder holding ``config.yaml``: ``neuralode/configs`` in a wheel, top-level ``configs/`` in a checkout."""
+    package = Path(neuralode.__file__).resolve().parent
+    for candidate in (package / "configs", package.parent / "configs"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"neuralode's configs are missing: neither {package / 'configs'} nor "
+                            f"{package.parent / 'configs'} holds config.yaml; reinstall the package")
+
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def validate_device(device: str, key: str = "device") -> None:
+    if not _DEVICE.fullmatch(device):
+        raise ConfigError(f"{key}={device!r} is invalid; use auto, cpu, cuda or cuda:N")
+
+
+def validate_solver(solver: Any, key: str = "solver") -> None:
+    """Check a (possibly partial, for eval) solver config: known method, positive tolerances."""
+    method = solver.get("method")
+    if method is not None and method not in SOLVERS:
+        raise ConfigError(f"{key}.method={method!r} is unknown; use one of: {', '.join(sorted(SOLVERS))}")
+    for name in ("tol", "rtol", "atol"):
+        value = solver.get(name)
+        if value is not None and not value > 0:
+            raise ConfigError(f"{key}.{name}={value} is invalid; tolerances must be positive, e.g. {key}.{name}=1e-3")
+
+
+def _check_keys(node: Any, schema: type, prefix: str) -> None:
+    """Keys added with Hydra's ``+`` bypass the schema; reject them like any unknown key."""
+    known = [f.name for f in fields(schema)]
+    for key in node:
+        if key not in known:
+            raise ConfigError(f"{prefix}{key} is not a known key; {schema.__name__} has: {', '.join(known)}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Value checks the schema's types cannot express; raises :class:`ConfigError` with one clear line."""
+    for node, schema, prefix in ((cfg, Config, ""), (cfg.solver, SolverConfig, "solver."),
+                                 (cfg.trainer, TrainerConfig, "trainer."), (cfg.profile, ProfileConfig, "profile.")):
+        _check_keys(node, schema, prefix)
+    validate_solver(cfg.solver)
+    validate_device(cfg.device)
+    trainer = cfg.trainer
+    if trainer.epochs < 1:
+        raise ConfigError(f"trainer.epochs={trainer.epochs} is invalid; it must be at least 1, e.g. trainer.epochs=10")
+    if trainer.figures_every < 0:
+        raise ConfigError(f"trainer.figures_every={trainer.figures_every} is invalid; use 0 (only at the end) "
+                          "or a positive number of epochs")
+    if trainer.threads is not None and trainer.threads < 1:
+        raise ConfigError(f"trainer.threads={trainer.threads} is invalid; use a positive number or null")
+    if "name" not in cfg.task:
+        raise ConfigError("task.name is missing; pick a task with task=<name>")

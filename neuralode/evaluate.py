@@ -1,0 +1,132 @@
+"""Evaluation: held-out metrics with NFE and time, for the trainer and for ``neuralode eval`` on a checkpoint.
+
+``evaluate_checkpoint`` is the Python entry point for test-time solver sweeps (the paper's Figure 3)::
+
+    from neuralode.evaluate import evaluate_checkpoint
+    for tol in (1e-1, 1e-2, 1e-3):
+        print(evaluate_checkpoint("outputs/mnist/model=odenet,profile=quick", {"tol": tol}))
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from neuralode.config import validate_device, validate_solver
+from neuralode.models.odeblock import SolverSpec, collect_solve_stats, reset_solve_stats
+from neuralode.tasks import Task
+from neuralode.utils.checkpoint import checkpoint_path, load_checkpoint
+from neuralode.utils.runtime import build_task_from_config, resolve_device, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work so wall-clock times measure it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_evaluation(task: Task, device: torch.device) -> dict[str, float]:
+    """``task.evaluate()`` plus ``nfe_eval`` (forward NFE per model call) and ``eval_time_s``."""
+    model = task.model
+    calls = 0
+
+    def count_call(*_: Any) -> None:
+        nonlocal calls
+        calls += 1
+
+    hook = model.register_forward_hook(count_call)
+    reset_solve_stats(model)
+    model.eval()
+    synchronize(device)
+    start = time.perf_counter()
+    try:
+        metrics = {k: float(v) for k, v in task.evaluate().items()}
+    finally:
+        hook.remove()
+    synchronize(device)
+    elapsed = time.perf_counter() - start
+    nfe = collect_solve_stats(model).nfe_forward
+    # Tasks that drive sub-modules themselves never call the model: report the total instead of a mean.
+    metrics["nfe_eval"] = nfe / calls if calls else float(nfe)
+    metrics["eval_time_s"] = elapsed
+    return metrics
+
+
+def evaluate_checkpoint(checkpoint: str | Path, solver: Mapping[str, Any] | None = None,
+                        data: Mapping[str, Any] | None = None, device: str = "auto") -> dict[str, Any]:
+    """Rebuild the task of a checkpoint with solver changes, load its weights and evaluate it.
+
+    ``checkpoint``: a run dir or a ``.pt`` file. ``solver``: keys of the solver config to change
+    (``method``, ``tol``, ``rtol``, ``atol``, ``adjoint``, ``options``, ``adjoint_options``); None values
+    keep the checkpoint's, options are added to the checkpoint's unless ``method`` changes (options of
+    one method may mean nothing to another). ``data``: keys of the data config to change (e.g. ``root``).
+    Returns the resolved solver, the task's metrics, ``nfe_eval`` and ``eval_time_s``.
+    """
+    solver = {k: v for k, v in (solver or {}).items() if v is not None}
+    validate_solver(solver)
+    validate_device(device)
+    path = checkpoint_path(checkpoint)
+    ckpt = load_checkpoint(path)
+    cfg = OmegaConf.create(ckpt["config"])
+    cfg.solver = _patched_solver(cfg.solver, solver)
+    if data:
+        cfg.data = OmegaConf.merge(cfg.data, dict(data))
+    dev = resolve_device(device)
+    seed_everything(cfg.seed)  # the same subsets/augmentations as at training time, whatever the solver
+    task = build_task_from_config(cfg, dev)
+    task.model.load_state_dict(ckpt["model"])
+    spec = SolverSpec.from_config(cfg.solver, default_tol=cfg.task.default_tol)
+    metrics = measure_evaluation(task, dev)
+    return {
+        "checkpoint": str(path),
+        "epoch": ckpt["epoch"],
+        "task": cfg.task.name,
+        "model": cfg.model.get("name"),
+        "method": spec.method,
+        "rtol": spec.rtol,
+        "atol": spec.atol,
+        "adjoint": spec.adjoint,
+        "options": spec.options,
+        **metrics,
+    }
+
+
+def _patched_solver(saved: DictConfig, changes: Mapping[str, Any]) -> DictConfig:
+    patched = OmegaConf.to_container(saved)
+    if changes.get("method", patched["method"]) != patched["method"]:
+        patched["options"], patched["adjoint_options"] = {}, {}
+    for key, value in changes.items():
+        if key in ("options", "adjoint_options"):
+            value = {**(patched.get(key) or {}), **value}
+        patched[key] = value
+    return OmegaConf.create(patched)
+
+
+def format_result(result: Mapping[str, Any]) -> str:
+    """One line: the task's metrics, NFE per forward pass, time, and the solver that produced them."""
+    skip = {"checkpoint", "epoch", "task", "model", "method", "rtol", "atol", "adjoint", "options",
+            "nfe_eval", "eval_time_s"}
+    metrics = "  ".join(f"{k} {v:.4f}" for k, v in result.items() if k not in skip and isinstance(v, float))
+    return (f"{metrics}  nfe {result['nfe_eval']:.1f}  time {result['eval_time_s']:.2f} s  "
+            f"[{result['method']} rtol={result['rtol']:g} atol={result['atol']:g}, epoch {result['epoch']}]")
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """``neuralode eval``: evaluate ``cfg.checkpoint``, print one line, optionally append it to ``cfg.output``."""
+    result = evaluate_checkpoint(cfg.checkpoint, OmegaConf.to_container(cfg.solver, resolve=True),
+                                 OmegaConf.to_container(cfg.data, resolve=True), cfg.device)
+    log.info(format_result(result))
+    if cfg.output:
+        out = Path(cfg.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "a") as f:
+            f.write(json.dumps(result) + "\n")
+    return result

@@ -1,0 +1,179 @@
+"""The shared trainer: one loop for every task, with metrics, TensorBoard, checkpoints and exact resume.
+
+Run dir layout::
+
+    metrics.jsonl            one JSON object per finished epoch
+    events.out.tfevents.*    TensorBoard scalars and hparams
+    checkpoints/last.pt      model, optimiser, scheduler, epoch, config, RNG states (written atomically)
+    figures/                 the task's figures
+
+Resume: when ``checkpoints/last.pt`` exists (and ``trainer.resume`` is true) training continues after the
+checkpoint's epoch with its RNG states, so the metrics equal those of an uninterrupted run; metrics.jsonl
+lines of epochs the checkpoint does not contain (a kill between the two writes) are dropped.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from neuralode.config import ConfigError, validate
+from neuralode.evaluate import measure_evaluation, synchronize
+from neuralode.models.odeblock import collect_solve_stats, reset_solve_stats
+from neuralode.tasks import Task
+from neuralode.utils.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from neuralode.utils.memory import PeakMemory
+from neuralode.utils.metrics import MetricsFile, TensorBoardLog
+from neuralode.utils.runtime import build_task_from_config, preserved_rng, resolve_device, seed_everything
+
+log = logging.getLogger(__name__)
+
+# Config keys that may differ between a checkpoint and the command resuming it: where the data lives,
+# the device, and how the trainer reports and how long it runs.
+_RESUME_FREE = {"device", "trainer", "profile", "data.root", "data.download", "data.cache_dir"}
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Train ``cfg.task`` into ``run_dir`` (resuming when it holds a checkpoint); return the last epoch's metrics."""
+    validate(cfg)
+    run_dir = Path(run_dir)
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    device = resolve_device(cfg.device)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    ckpt_path = run_dir / "checkpoints" / "last.pt"
+    metrics_file = MetricsFile(run_dir / "metrics.jsonl")
+
+    seed_everything(cfg.seed)
+    task = build_task_from_config(cfg, device)
+    optimizer, scheduler = task.configure_optimizers()
+    done = 0
+    if cfg.trainer.resume and ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path)
+        _check_same_run(ckpt["config"], config, run_dir)
+        task.model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None and ckpt.get("scheduler") is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_state(ckpt["rng"])
+        done = ckpt["epoch"]
+        metrics_file.truncate(done)
+        log.info(f"resuming {run_dir} after epoch {done}")
+    else:
+        metrics_file.path.unlink(missing_ok=True)  # a fresh start must not append to an older run's lines
+
+    epochs = cfg.trainer.epochs
+    tb = TensorBoardLog(run_dir, first_epoch=done + 1)
+    record: dict[str, Any] = (metrics_file.records() or [{}])[-1] if done else {}
+    try:
+        for epoch in range(done + 1, epochs + 1):
+            record = _run_epoch(task, optimizer, epoch, epochs, device, cfg.trainer.progress)
+            metrics_file.append(record)
+            tb.scalars(record, epoch)
+            if scheduler is not None:
+                scheduler.step()
+            save_checkpoint(ckpt_path, {
+                "model": task.model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "epoch": epoch,
+                "config": config,
+                "rng": get_rng_state(),
+                "metrics": record,
+            })
+            log.info(_summary(record, epochs))
+            if cfg.trainer.figures_every and epoch % cfg.trainer.figures_every == 0 and epoch < epochs:
+                _save_figures(task, run_dir)
+        if done >= epochs:
+            log.info(f"{run_dir} already holds {done} epochs (trainer.epochs={epochs}); nothing to train")
+        paths = _save_figures(task, run_dir)
+        if done < epochs:
+            tb.hparams(config, record)
+    finally:
+        tb.close()
+    log.info(f"run dir: {run_dir}  ({len(paths)} figures)")
+    return record
+
+
+def _run_epoch(task: Task, optimizer: torch.optim.Optimizer, epoch: int, epochs: int, device: torch.device,
+               progress: bool) -> dict[str, Any]:
+    """One pass over the task's training batches, then its evaluation; returns the metrics.jsonl record."""
+    model = task.model
+    model.train()
+    reset_solve_stats(model)
+    lr = optimizer.param_groups[0]["lr"]
+    sums: dict[str, float] = defaultdict(float)
+    seen = 0
+    batches = 0
+    memory = PeakMemory(device)
+    synchronize(device)
+    start = time.perf_counter()
+    with memory:
+        data = task.train_batches(epoch)
+        bar = tqdm(data, total=len(data) if hasattr(data, "__len__") else None, desc=f"epoch {epoch}/{epochs}",
+                   leave=False, disable=not progress, dynamic_ncols=True)
+        for batch in bar:
+            out = task.training_step(batch)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+            loss = out.loss.item()
+            sums["train_loss"] += loss * out.batch_size
+            for key, value in out.metrics.items():
+                sums[key] += float(value) * out.batch_size
+            seen += out.batch_size
+            batches += 1
+            stats = collect_solve_stats(model)
+            bar.set_postfix(loss=f"{loss:.4f}", nfe=f"{stats.nfe_forward / batches:.1f}/{stats.nfe_backward / batches:.1f}")
+        bar.close()
+    synchronize(device)
+    epoch_time = time.perf_counter() - start
+    if not batches:
+        raise ConfigError(f"the task gave no training batches in epoch {epoch}; check the data config (limits, batch size)")
+    stats = collect_solve_stats(model)
+    record: dict[str, Any] = {"epoch": epoch}
+    record.update({key: total / seen for key, total in sums.items()})
+    record.update({
+        "nfe_forward": stats.nfe_forward / batches,
+        "nfe_backward": stats.nfe_backward / batches,
+        "peak_memory_mb": memory.peak_mb,
+        "peak_memory_kind": memory.kind,
+        "epoch_time_s": epoch_time,
+        "lr": lr,
+    })
+    record.update(measure_evaluation(task, device))  # test metrics, nfe_eval, eval_time_s
+    return record
+
+
+def _save_figures(task: Task, run_dir: Path) -> list[Path]:
+    with preserved_rng():
+        return list(task.save_figures(run_dir / "figures"))
+
+
+def _summary(record: dict[str, Any], epochs: int) -> str:
+    """``epoch 3/10  train_loss 0.4123  test_acc 0.9010  nfe 26.0/32.1  mem 123.4 MB  12.3 s  lr 0.1``."""
+    fixed = {"epoch", "nfe_forward", "nfe_backward", "nfe_eval", "peak_memory_mb", "peak_memory_kind",
+             "epoch_time_s", "eval_time_s", "lr"}
+    metrics = "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in fixed and isinstance(v, float))
+    return (f"epoch {record['epoch']}/{epochs}  {metrics}  nfe {record['nfe_forward']:.1f}/{record['nfe_backward']:.1f}"
+            f"  mem {record['peak_memory_mb']:.1f} MB  {record['epoch_time_s']:.1f} s  lr {record['lr']:.3g}")
+
+
+def _check_same_run(saved: dict[str, Any], current: dict[str, Any], run_dir: Path, prefix: str = "") -> None:
+    """Refuse to resume a checkpoint of a different experiment (possible only with an explicit hydra.run.dir)."""
+    for key in sorted(set(saved) | set(current)):
+        name = prefix + key
+        if name in _RESUME_FREE:
+            continue
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            _check_same_run(old, new, run_dir, name + ".")
+        elif old != new:
+            raise ConfigError(f"{run_dir} holds a checkpoint of another run ({name}: {old!r} there, {new!r} now); "
+                              "use another hydra.run.dir, or trainer.resume=false to start over in this one")

@@ -1,0 +1,60 @@
+"""Run set-up shared by ``train`` and ``eval``: device, seeding, building the task."""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from neuralode.config import ConfigError
+from neuralode.tasks import Task, build_task
+from neuralode.utils.checkpoint import get_rng_state, set_rng_state
+
+try:
+    import numpy as np
+except ImportError:
+    np = None
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks the first CUDA GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but no CUDA GPU is available; use device=cpu or device=auto")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every RNG a task may draw from; tasks take their randomness (init, shuffling) from these."""
+    random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    if np is not None:
+        np.random.seed(seed % 2**32)
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Run side work (figures) without moving the RNGs, so a resumed run matches an uninterrupted one."""
+    state = get_rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
+
+
+def build_task_from_config(cfg: Any, device: torch.device) -> Task:
+    """Build the task: the module named by ``task.module`` if given (a plug-in task), else ``TASKS[task.name]``."""
+    module_name = cfg.task.get("module")
+    if module_name is None:
+        return build_task(cfg, device)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"task.module={module_name!r} cannot be imported ({e}); "
+                          "name a module on the Python path that defines build(cfg, device)") from e
+    return module.build(cfg, device)

@@ -1,0 +1,108 @@
+"""The ``neuralode`` command: help, one-line errors, and ``eval`` on a trained run.
+
+Subprocess runs cost a torch import each (seconds on a shared CPU), so most error cases call
+``neuralode.cli.main`` in-process -- the same function the console script runs.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+from runner_helpers import SEARCHPATH, TOY, cli
+
+from neuralode.cli import main
+
+
+def assert_one_line_error(returncode: int, stderr: str, prog: str, message: str) -> None:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert returncode == 2, stderr
+    assert lines == [lines[0]] and "Traceback" not in stderr, stderr
+    assert lines[0].startswith(f"{prog}: error: ") and message in lines[0], lines[0]
+
+
+def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, cwd: Path, *args: str) -> tuple[int, str]:
+    """``neuralode <args>`` in this process; returns the exit code and stderr."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["neuralode"])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # main() sets it; monkeypatch restores it
+    GlobalHydra.instance().clear()
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    return exit_info.value.code, capsys.readouterr().err
+
+
+@pytest.mark.smoke
+def test_help_lists_the_subcommands(tmp_path: Path):
+    result = cli("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "train" in result.stdout and "eval" in result.stdout
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("solver=rk5", "unknown solver option 'rk5'; choose one of: adaptive_heun, bosh3, dopri5"),
+    ("task=nope", "unknown task option 'nope'; choose one of:"),
+    ("solver.tol=-1", "solver.tol=-1.0 is invalid; tolerances must be positive"),
+    ("solver.atol=abc", "solver.atol: Value 'abc' of type 'str' could not be converted to Float"),
+    ("trainer.epochs=0", "trainer.epochs=0 is invalid; it must be at least 1"),
+    ("trainer.epochs=ten", "trainer.epochs: Value 'ten' of type 'str' could not be converted to Integer"),
+    ("trainer.lr=0.1", "trainer.lr is not a known key; TrainerConfig has: epochs"),
+    ("+trainer.lr=0.1", "trainer.lr is not a known key; TrainerConfig has: epochs"),
+    ("seed=[1", "no viable alternative at input '[1'"),
+])
+def test_train_errors_are_one_line(monkeypatch, capsys, tmp_path: Path, override: str, message: str):
+    code, err = run_main(monkeypatch, capsys, tmp_path, "train", SEARCHPATH, *TOY, override)
+    assert_one_line_error(code, err, "neuralode train", message)
+    assert not (tmp_path / "outputs" / "toy").exists() or not any((tmp_path / "outputs" / "toy").iterdir())
+
+
+def test_unknown_command(monkeypatch, capsys, tmp_path: Path):
+    code, err = run_main(monkeypatch, capsys, tmp_path, "fit")
+    assert_one_line_error(code, err, "neuralode", "unknown command 'fit'; use one of: train, eval")
+
+
+@pytest.mark.smoke
+def test_error_in_a_real_process(tmp_path: Path):
+    result = cli("train", SEARCHPATH, *TOY, "solver=rk5", cwd=tmp_path)
+    assert_one_line_error(result.returncode, result.stderr, "neuralode train", "unknown solver option 'rk5'")
+
+
+@pytest.mark.smoke
+def test_corrupt_checkpoint_on_resume_is_one_line(tmp_path: Path):
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"not a checkpoint")
+    result = cli("train", SEARCHPATH, *TOY, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert_one_line_error(result.returncode, result.stderr, "neuralode train",
+                          f"checkpoint {ckpt} is damaged or not a torch file")
+
+
+@pytest.mark.smoke
+def test_train_then_eval(tmp_path: Path):
+    """Default run dir, then ``eval`` at another solver with the run dir as it was printed (= and , in it)."""
+    train = cli("train", SEARCHPATH, *TOY, "solver=rk4", "solver.options.step_size=0.25", "trainer.epochs=1",
+                cwd=tmp_path)
+    assert train.returncode == 0, train.stderr
+    run_dir = tmp_path / "outputs" / "toy" / "solver.options.step_size=0.25,solver=rk4,trainer.epochs=1"
+    assert (run_dir / "checkpoints" / "last.pt").is_file() and run_dir.as_posix() in train.stdout
+
+    result = cli("eval", f"checkpoint={run_dir.relative_to(tmp_path)}", "solver.options.step_size=0.125",
+                 "output=sweep.jsonl", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "test_rmse" in result.stdout and "nfe 32.0" in result.stdout  # rk4: 4 evaluations x 8 steps
+    row = json.loads((tmp_path / "sweep.jsonl").read_text())
+    assert row["method"] == "rk4" and row["options"] == {"step_size": 0.125} and row["nfe_eval"] == 32.0
+
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("checkpoint=nowhere",), "no checkpoint at nowhere"),
+    ((), "checkpoint is required; add checkpoint=<value>"),
+    (("checkpoint=x", "solver.tol=-1"), "solver.tol=-1.0 is invalid"),
+    (("checkpoint=x", "solver=rk5"), "unknown solver option 'rk5'"),
+])
+def test_eval_errors_are_one_line(monkeypatch, capsys, tmp_path: Path, args: tuple[str, ...], message: str):
+    code, err = run_main(monkeypatch, capsys, tmp_path, "eval", *args)
+    assert_one_line_error(code, err, "neuralode eval", message)

@@ -1,0 +1,84 @@
+"""Config composition through Hydra's compose API: group defaults, overrides, tolerance resolution, checks."""
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+from runner_helpers import compose_config, toy_config
+
+from neuralode.config import ConfigError, config_dir, run_name, validate
+from neuralode.models.odeblock import SolverSpec
+
+SOLVERS = ["euler", "midpoint", "rk4", "adaptive_heun", "bosh3", "dopri5", "tsit5", "dopri8"]
+
+
+def test_defaults_pick_every_group():
+    cfg = compose_config(hydra=True)
+    choices = cfg.hydra.runtime.choices
+    assert (choices.task, choices.solver, choices.trainer, choices.profile) == ("mnist", "dopri5", "default", "quick")
+    assert (cfg.task.name, cfg.model.name, cfg.data.name, cfg.profile.name) == ("mnist", "odenet", "mnist", "quick")
+    assert cfg.solver.method == "dopri5" and cfg.solver.tol is None and cfg.solver.adjoint is True
+    assert cfg.seed == 0 and cfg.device == "auto"
+    validate(compose_config())
+
+
+def test_every_solver_yaml():
+    from neuralode.solvers import SOLVERS as CORE
+
+    assert sorted(p.stem for p in (config_dir() / "solver").glob("*.yaml")) == sorted(SOLVERS) == sorted(CORE)
+    for method in SOLVERS:
+        assert OmegaConf.to_container(toy_config(f"solver={method}").solver) == {
+            "method": method, "tol": None, "rtol": None, "atol": None, "adjoint": True,
+            "options": {}, "adjoint_options": {}}
+
+
+@pytest.mark.parametrize(("overrides", "rtol", "atol"), [
+    ((), 1e-3, 1e-3),                                           # tol null: the task's default_tol
+    (("solver.tol=1e-5",), 1e-5, 1e-5),                         # tol sets both
+    (("solver.tol=1e-5", "solver.rtol=1e-2"), 1e-2, 1e-5),      # rtol/atol override tol
+    (("solver.atol=1e-9",), 1e-3, 1e-9),
+])
+def test_tolerance_resolution(overrides: tuple[str, ...], rtol: float, atol: float):
+    cfg = toy_config(*overrides)
+    spec = SolverSpec.from_config(cfg.solver, default_tol=cfg.task.default_tol)
+    assert (spec.rtol, spec.atol) == (rtol, atol)
+
+
+@pytest.mark.parametrize(("profile", "epochs"), [("smoke", 1), ("quick", 5), ("full", 10)])
+def test_profiles(profile: str, epochs: int):
+    cfg = toy_config(f"profile={profile}")  # no task_profile/toy_*.yaml: the generic profile's epochs
+    assert cfg.profile.name == profile and cfg.trainer.epochs == epochs
+
+
+def test_task_profile_overrides_generic_profile():
+    cfg = compose_config("profile=smoke", "data=fashion_mnist")
+    assert cfg.data.name == "fashion_mnist" and cfg.data.limit_train is not None
+
+
+def test_overrides_and_options():
+    cfg = toy_config("trainer.epochs=7", "seed=3", "solver=rk4", "++solver.options.step_size=0.1", "solver.adjoint=false")
+    assert cfg.trainer.epochs == 7 and cfg.seed == 3
+    spec = SolverSpec.from_config(cfg.solver, default_tol=cfg.task.default_tol)
+    assert (spec.method, spec.options, spec.adjoint) == ("rk4", {"step_size": 0.1}, False)
+
+
+def test_run_dir_is_named_by_the_overrides():
+    cfg = compose_config("task=toy", "solver=rk4", "trainer.epochs=2", "device=cpu", "trainer.progress=false",
+                         hydra=True)
+    # task is in the path already; device and progress don't change what is trained.
+    assert cfg.hydra.run.dir == "outputs/toy/solver=rk4,trainer.epochs=2"
+    assert compose_config("task=toy", hydra=True).hydra.run.dir == "outputs/toy/default"
+    assert run_name("++solver.options.step_size=0.1,x=a/b") == "solver.options.step_size=0.1,x=a_b"
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("solver.tol=-1", "solver.tol=-1.0 is invalid"),
+    ("solver.rtol=0", "solver.rtol=0.0 is invalid"),
+    ("solver.method=rk5", "solver.method='rk5' is unknown"),
+    ("trainer.epochs=0", "trainer.epochs=0 is invalid"),
+    ("trainer.figures_every=-1", "trainer.figures_every=-1 is invalid"),
+    ("device=gpu", "device='gpu' is invalid"),
+    ("+trainer.lr=0.1", "trainer.lr is not a known key"),
+])
+def test_value_checks(override: str, message: str):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        validate(toy_config(override))

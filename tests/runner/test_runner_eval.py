@@ -1,0 +1,42 @@
+"""``evaluate_checkpoint``: a trained checkpoint evaluated at other solvers and tolerances (paper Figure 3)."""
+from __future__ import annotations
+
+import pytest
+
+from neuralode.config import ConfigError
+from neuralode.evaluate import evaluate_checkpoint, format_result
+from neuralode.utils.checkpoint import CheckpointError
+
+
+@pytest.fixture
+def trained(train_toy):
+    run_dir, records = train_toy("solver=rk4", "++solver.options.step_size=0.25", "trainer.epochs=1")
+    return run_dir, records[-1]
+
+
+def test_unchanged_solver_reproduces_the_training_metrics(trained):
+    run_dir, last = trained
+    result = evaluate_checkpoint(run_dir)
+    assert result["test_rmse"] == pytest.approx(last["test_rmse"], rel=1e-6)
+    assert result["nfe_eval"] == last["nfe_eval"] == 16  # rk4: 4 evaluations x 4 steps per forward pass
+    assert (result["method"], result["options"], result["epoch"]) == ("rk4", {"step_size": 0.25}, 1)
+    assert result["checkpoint"] == str(run_dir / "checkpoints" / "last.pt")
+    assert "test_rmse" in format_result(result) and "nfe 16.0" in format_result(result)
+
+
+def test_solver_changes(trained):
+    run_dir, _ = trained
+    finer = evaluate_checkpoint(run_dir, {"options": {"step_size": 0.125}})
+    assert finer["nfe_eval"] == 32 and finer["options"] == {"step_size": 0.125}
+    adaptive = evaluate_checkpoint(run_dir, {"method": "dopri5", "tol": 1e-6, "atol": 1e-8})
+    assert (adaptive["rtol"], adaptive["atol"], adaptive["options"]) == (1e-6, 1e-8, {})  # rk4's step_size dropped
+    loose = evaluate_checkpoint(run_dir, {"method": "dopri5", "tol": 1e-1})
+    assert loose["nfe_eval"] < adaptive["nfe_eval"]
+
+
+def test_bad_requests(trained, tmp_path):
+    run_dir, _ = trained
+    with pytest.raises(ConfigError, match="solver.tol=-1 is invalid"):
+        evaluate_checkpoint(run_dir, {"tol": -1})
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        evaluate_checkpoint(tmp_path / "missing")

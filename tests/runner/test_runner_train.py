@@ -1,0 +1,103 @@
+"""The shared trainer on the toy task, in-process: metrics, TensorBoard, checkpoints, resume, determinism."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from runner_helpers import toy_config, without_timings
+
+from neuralode.config import ConfigError
+from neuralode.train import train
+from neuralode.utils.checkpoint import CheckpointError, load_checkpoint
+from neuralode.utils.memory import PeakMemory
+
+REQUIRED = {"epoch", "train_loss", "train_rmse", "test_rmse", "nfe_forward", "nfe_backward", "nfe_eval",
+            "peak_memory_mb", "peak_memory_kind", "epoch_time_s", "eval_time_s", "lr"}
+
+
+def test_metrics_tensorboard_checkpoint_and_figures(train_toy):
+    run_dir, records = train_toy("trainer.epochs=2")
+    assert [r["epoch"] for r in records] == [1, 2]
+    for r in records:
+        assert set(r) == REQUIRED
+        assert r["nfe_forward"] > 0 and r["nfe_backward"] > 0  # adjoint: the backward solve counts too
+        assert r["peak_memory_mb"] > 0 and r["peak_memory_kind"] == "saved_for_backward"
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert ckpt["epoch"] == 2 and ckpt["config"]["task"]["name"] == "toy"
+    assert {"model", "optimizer", "scheduler", "rng"} <= set(ckpt) and {"torch", "python", "numpy"} <= set(ckpt["rng"])
+    assert (run_dir / "figures" / "toy.txt").is_file()
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir)).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss/train", "rmse/train", "rmse/test", "nfe/forward", "nfe/backward", "nfe/eval",
+            "memory/peak_mb", "time/epoch_s", "lr"} <= tags
+    assert [e.value for e in events.Scalars("nfe/forward")] == pytest.approx([r["nfe_forward"] for r in records])
+    assert [e.step for e in events.Scalars("loss/train")] == [1, 2]
+    assert "_hparams_/experiment" in events.PluginTagToContent("hparams")
+
+
+def test_same_seed_same_metrics_and_other_seed_differs(train_toy):
+    _, first = train_toy("trainer.epochs=2", name="a")
+    _, second = train_toy("trainer.epochs=2", name="b")
+    _, other = train_toy("trainer.epochs=2", "seed=1", name="c")
+    assert without_timings(first) == without_timings(second)
+    assert without_timings(first) != without_timings(other)
+
+
+def test_resume_continues_exactly(train_toy):
+    _, straight = train_toy("trainer.epochs=3", name="straight")
+    run_dir, _ = train_toy("trainer.epochs=2", name="resumed")
+    # A kill between writing epoch 3's metrics line and its checkpoint leaves a line the checkpoint lacks.
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": 3, "train_loss": -1.0}) + "\n" + '{"epoch": 4, "tr')
+    _, resumed = train_toy("trainer.epochs=3", name="resumed")
+    assert [r["epoch"] for r in resumed] == [1, 2, 3]
+    assert without_timings(resumed) == without_timings(straight)
+
+
+def test_finished_run_is_not_retrained(train_toy):
+    run_dir, records = train_toy("trainer.epochs=1")
+    before = (run_dir / "checkpoints" / "last.pt").stat().st_mtime_ns
+    _, again = train_toy("trainer.epochs=1")
+    assert again == records and (run_dir / "checkpoints" / "last.pt").stat().st_mtime_ns == before
+
+
+def test_resume_false_starts_over(train_toy):
+    train_toy("trainer.epochs=2")
+    _, records = train_toy("trainer.epochs=1", "trainer.resume=false")
+    assert [r["epoch"] for r in records] == [1]
+
+
+def test_corrupt_checkpoint_is_a_clear_error(train_toy):
+    run_dir, _ = train_toy("trainer.epochs=1")
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match=f"checkpoint {ckpt} is damaged"):
+        train_toy("trainer.epochs=2")
+
+
+def test_checkpoint_of_another_run_is_refused(train_toy):
+    run_dir, _ = train_toy("trainer.epochs=1")
+    with pytest.raises(ConfigError, match=r"another run \(task.hidden: 16 there, 8 now\)"):
+        train(toy_config("task.hidden=8"), run_dir)
+
+
+def test_peak_memory_shows_the_adjoint_saving(train_toy):
+    """Backprop through the solver keeps every step's activations; the adjoint keeps (almost) none."""
+    _, adjoint = train_toy("solver=rk4", "++solver.options.step_size=0.05", name="adjoint")
+    _, direct = train_toy("solver=rk4", "++solver.options.step_size=0.05", "solver.adjoint=false", name="direct")
+    assert direct[0]["nfe_backward"] == 0 and adjoint[0]["nfe_backward"] > 0
+    assert direct[0]["peak_memory_mb"] > 10 * adjoint[0]["peak_memory_mb"]
+
+
+def test_peak_memory_counts_live_saved_tensors_once():
+    x = torch.ones(1000, requires_grad=True)  # 4000 bytes
+    with PeakMemory(torch.device("cpu")) as meter:
+        y = (x * x).sum()  # saves x twice: counted once
+        y.backward()
+        z = (x.exp() * 2).sum()  # exp saves its 4000-byte result; the first graph is gone by now
+    del z
+    assert meter.peak_mb * 2**20 == 4000
