@@ -1,0 +1,113 @@
+"""IDX parsing and locating MNIST-style files in both layouts, without writing to the source folder."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from neuralode.data import DataError, IDXError, load_split, read_idx
+from neuralode.data import mnist as mnist_data
+
+from mnist_testdata import N_TEST, N_TRAIN, tiny_split, write_dataset, write_idx
+
+
+@pytest.mark.parametrize("name", ["a.idx", "a.idx.gz"])
+def test_read_idx_roundtrip(tmp_path: Path, name: str) -> None:
+    images, _ = tiny_split(5, 0)
+    out = read_idx(write_idx(tmp_path / name, images))
+    assert out.dtype == torch.uint8 and out.shape == (5, 28, 28)
+    assert torch.equal(out, torch.from_numpy(images))
+
+
+def test_read_idx_rejects_bad_magic_and_truncation(tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    bad.write_bytes(b"\x01\x02\x03\x04rest")
+    with pytest.raises(IDXError, match="bad magic"):
+        read_idx(bad)
+    good = write_idx(tmp_path / "good", np.zeros((3, 4, 4), np.uint8))
+    cut = tmp_path / "cut"
+    cut.write_bytes(good.read_bytes()[:-5])
+    with pytest.raises(IDXError, match="header promises"):
+        read_idx(cut)
+    broken_gz = tmp_path / "broken.gz"
+    broken_gz.write_bytes(b"not gzip at all")
+    with pytest.raises(IDXError, match="cannot read"):
+        read_idx(broken_gz)
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def test_direct_layout_is_read_in_place(idx_root: Path, tmp_path: Path) -> None:
+    before = _snapshot(idx_root)
+    os.chmod(idx_root, 0o555)  # also read-only by mode (root ignores modes, hence the snapshot check)
+    try:
+        train = load_split("fashion_mnist", True, idx_root, tmp_path / "cache", download=True)
+        test = load_split("fashion_mnist", False, idx_root, tmp_path / "cache", download=True)
+    finally:
+        os.chmod(idx_root, 0o755)
+    assert train.images.shape == (N_TRAIN, 28, 28) and train.labels.dtype == torch.int64
+    assert test.images.shape == (N_TEST, 28, 28)
+    assert torch.equal(train.labels, torch.from_numpy(tiny_split(N_TRAIN, 0)[1]).long())
+    assert train.source == idx_root
+    assert _snapshot(idx_root) == before, "loading must not write into the source folder"
+    assert not (tmp_path / "cache").exists(), "files found in root must not be copied or downloaded"
+
+
+@pytest.mark.parametrize("name,folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
+def test_torchvision_layout_uncompressed(tmp_path: Path, name: str, folder: str) -> None:
+    write_dataset(tmp_path / "tv" / folder / "raw", gz=False)
+    split = load_split(name, False, tmp_path / "tv", tmp_path / "cache", download=False)
+    assert split.images.shape == (N_TEST, 28, 28)
+    assert split.source == tmp_path / "tv" / folder / "raw"
+
+
+def test_missing_files_offline_names_path_and_fix(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError) as err:
+        load_split("mnist", True, empty, tmp_path / "cache", download=False)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert str(empty) in msg and "data.root=" in msg and "data.download=true" in msg
+
+
+def test_failed_download_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Offline:
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://a/, got:\n"
+                               "<urlopen error [Errno -2] Name or service not known>\n")
+
+    monkeypatch.setitem(mnist_data.DATASETS, "mnist", Offline)
+    with pytest.raises(DataError, match=r"could not download mnist into .*data\.root=") as err:
+        load_split("mnist", True, None, tmp_path / "cache", download=True)
+    assert "\n" not in str(err.value) and "Name or service not known" in str(err.value)
+
+
+def test_download_goes_to_cache_when_root_not_writable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    targets: list[str] = []
+
+    class MNIST:  # stands in for torchvision.datasets.MNIST: writes the files where it would
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            targets.append(root)
+            write_dataset(Path(root) / "MNIST" / "raw")
+
+    source = tmp_path / "readonly"
+    source.mkdir()
+    monkeypatch.setitem(mnist_data.DATASETS, "mnist", MNIST)
+    monkeypatch.setattr(mnist_data, "_writable", lambda folder: folder != source)
+    split = load_split("mnist", True, source, tmp_path / "cache", download=True)
+    assert set(targets) == {str(tmp_path / "cache")}
+    assert list(source.iterdir()) == []
+    assert split.source == tmp_path / "cache" / "MNIST" / "raw"
+
+
+def test_mismatched_files_are_reported(tmp_path: Path) -> None:
+    folder = write_dataset(tmp_path / "idx")
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.zeros(3, np.uint8))
+    with pytest.raises(DataError, match="expected uint8 images"):
+        load_split("mnist", False, folder, tmp_path / "cache", download=False)

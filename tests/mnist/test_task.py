@@ -1,0 +1,104 @@
+"""The MNIST task on tiny IDX files: batching, determinism, schedule, validation, metrics and figures."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from neuralode.tasks.mnist import build, crop, random_offsets
+
+from mnist_testdata import N_TEST, N_TRAIN
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def make_cfg(root: Path, model: str = "mlp", **dotlist: Any) -> DictConfig:
+    """The task's slice of a composed config, built from the shipped YAML files without Hydra."""
+    cfg = OmegaConf.create({
+        "task": OmegaConf.load(CONFIGS / "task" / "mnist.yaml").task,
+        "model": OmegaConf.load(CONFIGS / "model" / f"{model}.yaml"),
+        "data": OmegaConf.load(CONFIGS / "data" / "fashion_mnist.yaml"),
+        "solver": OmegaConf.load(CONFIGS / "solver" / "rk4.yaml"),
+        "trainer": {"epochs": 4},
+        "seed": 0,
+    })
+    cfg.data.root = str(root)
+    cfg.data.batch_size = 16
+    cfg.data.download = False
+    return OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{k}={v}" for k, v in dotlist.items()]))
+
+
+def test_batches_are_deterministic_per_epoch_and_cover_the_data(idx_root: Path) -> None:
+    task = build(make_cfg(idx_root), torch.device("cpu"))
+    epoch0 = list(task.train_batches(0))
+    again = list(task.train_batches(0))
+    epoch1 = list(task.train_batches(1))
+    assert [len(y) for _, y in epoch0] == [16, 16, N_TRAIN - 32] and len(task.train_batches(0)) == 3
+    x, _ = epoch0[0]
+    assert x.shape == (16, 1, 28, 28) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(epoch0, again))
+    assert not torch.equal(epoch0[0][1], epoch1[0][1])
+    assert sorted(torch.cat([y for _, y in epoch0]).tolist()) == sorted(task.train_labels.tolist())
+
+
+def test_random_crop_is_a_shifted_window_of_the_padded_image() -> None:
+    images = torch.arange(2 * 5 * 5, dtype=torch.uint8).reshape(2, 5, 5)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(crop(images, 0, random_offsets(2, 0, g)), images)
+    offsets = random_offsets(2, 2, g)
+    assert 0 <= offsets.min() and offsets.max() <= 4
+    out = crop(images, 2, offsets)
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    for i in range(2):
+        r, c = offsets[i].tolist()
+        assert torch.equal(out[i], padded[i, r:r + 5, c:c + 5])
+
+
+def test_schedule_scales_with_epochs_and_batch_size(idx_root: Path) -> None:
+    task = build(make_cfg(idx_root, **{"trainer.epochs": 160, "data.batch_size": 64}), torch.device("cpu"))
+    assert task.lr_milestones() == [60, 100, 140]
+    opt, sched = task.configure_optimizers()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05) and opt.param_groups[0]["momentum"] == 0.9
+    for epochs, milestones in ((4, [2, 3]), (3, [2, 2]), (2, [1]), (1, [])):
+        task = build(make_cfg(idx_root, **{"trainer.epochs": epochs}), torch.device("cpu"))
+        assert task.lr_milestones() == milestones
+
+
+def test_training_step_evaluate_and_figures(idx_root: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    task = build(make_cfg(idx_root, model="odenet"), torch.device("cpu"))
+    opt, _ = task.configure_optimizers()
+    out = task.training_step(next(iter(task.train_batches(0))))
+    assert out.batch_size == 16 and set(out.metrics) == {"train_acc"} and 0 <= out.metrics["train_acc"] <= 1
+    out.loss.backward()
+    opt.step()
+    metrics = task.evaluate()
+    assert set(metrics) == {"test_acc", "test_loss"} and 0 <= metrics["test_acc"] <= 1
+    assert len(task.test_labels) == N_TEST
+    paths = task.save_figures(tmp_path / "figures")
+    assert [p.name for p in paths] == ["test_predictions.png", "confusion_matrix.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+
+
+def test_limits_take_the_first_images(idx_root: Path) -> None:
+    task = build(make_cfg(idx_root, **{"data.limit_train": 7, "data.limit_test": 3}), torch.device("cpu"))
+    assert len(task.train_labels) == 7 and len(task.test_labels) == 3
+
+
+@pytest.mark.parametrize("dotlist,match", [
+    ({"model.name": "vgg"}, "model=vgg is not an MNIST model; choose one of: odenet, resnet, rknet, mlp"),
+    ({"data.batch_size": "big"}, "data.batch_size: Value 'big' of type 'str' could not be converted to Integer"),
+    ({"data.limit_train": -1}, "data.limit_train must be null"),
+    ({"data.name": "cifar10"}, "data=cifar10 is not an MNIST-style dataset"),
+    ({"task.lr": 0}, "task.lr must be > 0"),
+    ({"task.lr_decay_at": [0.5, 2]}, "task.lr_decay_at holds fractions"),
+    ({"model.hidden": 0}, "model.hidden must be >= 1"),
+    ({"model.channels": 8}, "model.channels: Key 'channels' not in 'MLPConfig'"),
+])
+def test_bad_values_get_one_clear_line(idx_root: Path, dotlist: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError) as err:
+        build(make_cfg(idx_root, **dotlist), torch.device("cpu"))
+    assert match in str(err.value) and "\n" not in str(err.value)
