@@ -29,7 +29,11 @@ class Task(Protocol):
     model: nn.Module
 
     def train_batches(self, epoch: int) -> Iterable[Any]:
-        """Batches (already on the task's device) for one training epoch; seeded by the trainer's RNG."""
+        """Batches (already on the task's device) for training epoch ``epoch`` (1-based).
+
+        Randomness must come from ``cfg.seed`` and ``epoch`` (or torch's global RNG, which the trainer seeds and
+        checkpoints), so that a resumed run replays the same epoch.
+        """
         ...
 
     def training_step(self, batch: Any) -> StepOutput:
