@@ -51,9 +51,6 @@ class _AdjointFunction(torch.autograd.Function):
             spec.stats.steps_rejected_forward += counter.rejected
         # The parameters themselves (not saved copies): backward differentiates func's graph w.r.t. them.
         ctx.spec, ctx.params = spec, params
-        # The backward solve starts where the forward one ended, on the same dynamics: with the same method,
-        # the forward's last proposed step is a better first step than a fresh estimate (which costs an NFE).
-        ctx.first_step = counter.next_step if spec.backward.solver is prob.solver else None
         ctx.save_for_backward(t, ys)
         return ys
 
@@ -87,10 +84,12 @@ class _AdjointFunction(torch.autograd.Function):
         bwd = spec.backward
         t_host = spec.forward.t_host
         need_t = ctx.needs_input_grad[2]
-        # Each interval continues with the step size the previous one ended on (unless the user fixed
-        # first_step): a fresh estimate per interval would cost an NFE and restart from a tiny step.
+        # Each interval after the first continues with the step size the previous one ended on (unless the
+        # user fixed first_step): a fresh estimate per output time would cost an NFE and restart from a
+        # tiny step. The first interval estimates its own: starting it with the forward solve's last step
+        # saved NFE but measurably loosened the ODE-Net's gradients at tol 1e-3 (docs/benchmarks.md).
         carry = bwd.solver.adaptive and bwd.options.get("first_step") is None
-        first_step = ctx.first_step
+        first_step = None
         with torch.no_grad():
             a = grad_ys[-1].clone()
             a_params = ys.new_zeros(sum(p_sizes))

@@ -1,0 +1,51 @@
+"""scripts/bench.py runs end to end and prints one well-formed JSON line per case (no timing thresholds)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench.py"
+REQUIRED = {
+    "case", "device", "adjoint", "ours_ms", "torchdiffeq_ms", "speedup", "nfe_ours", "nfe_torchdiffeq",
+    "nfe_fwd_ours", "nfe_bwd_ours", "nfe_fwd_torchdiffeq", "nfe_bwd_torchdiffeq", "peak_mem_mb_ours",
+    "peak_mem_mb_torchdiffeq", "saved_mb_ours", "saved_mb_torchdiffeq", "max_abs_diff",
+}
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BENCH), *args], capture_output=True, text=True, timeout=120)
+
+
+def test_quick_cases_print_json_lines_with_required_keys():
+    proc = _bench("--quick", "--cases", "tiny_long_solve,mlp_grad_adjoint", "--repeats", "1", "--warmup", "0")
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [(r["case"], r["adjoint"]) for r in rows] == [("tiny_long_solve", False), ("mlp_grad_adjoint", True)]
+    for r in rows:
+        assert REQUIRED <= set(r), REQUIRED - set(r)
+        assert r["device"] == "cpu" and r["ours_ms"] > 0 and r["torchdiffeq_ms"] > 0
+        assert abs(r["speedup"] - r["torchdiffeq_ms"] / r["ours_ms"]) <= 1e-2 * r["speedup"]  # ms are rounded
+        assert r["nfe_fwd_ours"] > 0 and r["nfe_fwd_torchdiffeq"] > 0
+        assert r["nfe_ours"] == r["nfe_fwd_ours"] + r["nfe_bwd_ours"]
+        assert r["peak_mem_mb_ours"] is None and "peak_mem_note" in r  # CPU: no allocator peak
+    solve, grad = rows
+    # A no-grad solve has no backward; a gradient case has a backward solve and saves (little) for it.
+    assert solve["nfe_bwd_ours"] == 0 and solve["saved_mb_ours"] is None
+    assert grad["nfe_bwd_ours"] > 0 and grad["nfe_bwd_torchdiffeq"] > 0 and grad["saved_mb_ours"] >= 0
+    # Both libraries solved the same problem: the outputs agree to about the tolerance (1e-6).
+    assert solve["max_abs_diff"] < 1e-3 and grad["max_abs_diff"] < 1e-3
+
+
+def test_adjoint_filter_selects_variants():
+    proc = _bench("--quick", "--cases", "mlp_solve,mlp_grad_adjoint", "--adjoint", "true", "--repeats", "1",
+                  "--warmup", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(line)["case"] for line in proc.stdout.splitlines()] == ["mlp_grad_adjoint"]
+
+
+def test_unknown_case_is_one_clear_error():
+    proc = _bench("--cases", "odenet_train_stepp")
+    assert proc.returncode == 2
+    assert "unknown case(s) odenet_train_stepp; valid: " in proc.stderr and "odenet_train_step" in proc.stderr
