@@ -1,0 +1,110 @@
+"""Latent ODE and RNN baselines: shapes, ELBO terms, NFE bookkeeping, and that the RNN never peeks."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from neuralode.models.latent_ode import LatentODE, kl_to_standard_normal
+from neuralode.models.odeblock import SolverSpec, collect_solve_stats
+from neuralode.models.rnn import SpiralRNN
+from neuralode.tasks.spiral import GRID_STEP, SpiralTask, generate_spirals
+
+
+@pytest.fixture(scope="module")
+def data():
+    return generate_spirals(n_spirals=20, n_obs=30, seed=0)
+
+
+def latent_ode(cell: str = "gru") -> LatentODE:
+    torch.manual_seed(0)
+    return LatentODE(SolverSpec("dopri5", 1e-4, 1e-4, adjoint=False), time_unit=GRID_STEP, cell=cell)
+
+
+@pytest.mark.parametrize("cell", ["gru", "rnn"])
+def test_latent_ode_shapes_elbo_and_nfe(data, cell: str) -> None:
+    model = latent_ode(cell)
+    idx, x = data.train.observations(torch.arange(5))
+    mean, logvar = model.encode(data.t, idx, x)
+    assert mean.shape == logvar.shape == (5, 4)
+    loss, metrics = model.loss(data.t, idx, x)
+    assert loss.ndim == 0 and math.isfinite(loss.item())
+    assert metrics["train_kl"] >= 0 and math.isfinite(metrics["train_nll"])
+    assert collect_solve_stats(model).nfe_forward > 0
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    pred = model.predict(data.t, idx, x, data.eval_idx)
+    assert pred.shape == (5, 100, 2) and torch.isfinite(pred).all()
+
+
+def test_decode_shared_and_per_row_indices_agree(data) -> None:
+    model = latent_ode()
+    z0 = torch.randn(3, 4)
+    query = torch.tensor([3, 10, 50])
+    shared = model.decode(z0, data.t, query)
+    per_row = model.decode(z0, data.t, query.expand(3, -1))
+    assert torch.allclose(shared, per_row, atol=1e-5)
+
+
+def test_kl_is_nonnegative_and_zero_at_prior() -> None:
+    mean, logvar = torch.randn(100, 4), torch.randn(100, 4)
+    assert torch.all(kl_to_standard_normal(mean, logvar) >= 0)
+    assert torch.allclose(kl_to_standard_normal(torch.zeros(2, 4), torch.zeros(2, 4)), torch.zeros(2))
+
+
+@pytest.mark.parametrize("use_dt", [False, True])
+def test_rnn_shapes_and_loss(data, use_dt: bool) -> None:
+    torch.manual_seed(0)
+    model = SpiralRNN(use_dt=use_dt, time_unit=GRID_STEP)
+    idx, x = data.train.observations(torch.arange(4))
+    extra = torch.zeros(200, dtype=torch.bool)
+    extra[data.eval_idx] = True
+    loss, metrics = model.loss(data.t, idx, x, extra_steps=extra)
+    assert loss.ndim == 0 and math.isfinite(loss.item()) and metrics["train_nll"] == pytest.approx(loss.item())
+    loss.backward()
+    pred = model.predict(data.t, idx, x, data.eval_idx)
+    assert pred.shape == (4, 100, 2) and torch.isfinite(pred).all()
+
+
+def test_rnn_prediction_uses_only_the_past(data) -> None:
+    # Changing an observation must not change the predictions at or before its time.
+    torch.manual_seed(0)
+    model = SpiralRNN(use_dt=True, time_unit=GRID_STEP)
+    idx, x = data.test.observations(torch.arange(2))
+    k = 10
+    changed = x.clone()
+    changed[:, k] += 5.0
+    before = model.predict(data.t, idx, x, data.eval_idx)
+    after = model.predict(data.t, idx, changed, data.eval_idx)
+    upto = int((data.eval_idx <= idx[:, k].min()).sum())
+    assert torch.equal(before[:, :upto], after[:, :upto])
+    assert not torch.equal(before, after)
+
+
+def test_task_step_and_evaluate(data) -> None:
+    task = SpiralTask(data, latent_ode(), model_name="latent_ode", lr=0.01, batch_size=8, iters_per_epoch=2,
+                      lr_decay=0.9, n_figure_spirals=2, seed=0)
+    batches = list(task.train_batches(1))
+    assert len(batches) == 2 and batches[0][0].shape == (8, 30)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, task.train_batches(1)))  # seeded per epoch
+    out = task.training_step(batches[0])
+    assert out.batch_size == 8 and {"train_nll", "train_kl"} <= set(out.metrics)
+    metrics = task.evaluate()
+    assert {"test_rmse", "test_rmse_interp", "test_rmse_extrap"} <= set(metrics)
+    assert all(math.isfinite(v) and v > 0 for v in metrics.values())
+    opt, sched = task.configure_optimizers()
+    assert isinstance(opt, torch.optim.Adam) and sched is not None
+
+
+def test_unknown_cell_is_one_clear_error() -> None:
+    with pytest.raises(ValueError, match="model.cell"):
+        SpiralRNN(cell="lstm")
+
+
+def test_scoring_starts_after_the_first_observation() -> None:
+    data = generate_spirals(n_spirals=20, n_obs=100, seed=0)
+    task = SpiralTask(data, SpiralRNN(time_unit=GRID_STEP), model_name="rnn", lr=0.01, batch_size=4,
+                      iters_per_epoch=1, lr_decay=1.0, n_figure_spirals=2, seed=0)
+    scored = task.scored_mask()
+    assert scored.shape == (4, 100) and not scored[:, 0].any() and scored[:, 1:].all()  # all points observed
