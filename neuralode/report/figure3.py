@@ -1,0 +1,322 @@
+"""Paper Figure 3: statistics of a trained ODE-Net across solver tolerances.
+
+For each tolerance we re-solve the trained ODE block on one fixed test batch and record:
+
+* forward NFE, wall time of the forward pass, and the numerical error of the ODE block's output
+  (and of the logits) against a tight-tolerance float64 solve of the same block on the same input;
+* backward NFE of one forward+backward pass (cross-entropy on the batch) through the adjoint.
+
+Panel (d), forward NFE over training, comes from the run's ``metrics.jsonl``. Measurements are saved
+as JSON so the report (and the plot) can be rebuilt without the checkpoint.
+
+    python -m neuralode.report.figure3 <run dir or last.pt> [--out figure3.json] [--png figure3.png]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from neuralode.models.odeblock import ODEBlock, collect_solve_stats, reset_solve_stats
+
+DEFAULT_TOLERANCES: tuple[float, ...] = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
+# The reference is solved in float64 at this factor below the tightest tolerance swept: tight enough
+# that its own error is ~1% of the smallest error measured, without the NFE (and minutes) of 1e-9.
+REFERENCE_FACTOR = 1e-2
+
+
+def ode_blocks(model: nn.Module) -> list[ODEBlock]:
+    blocks = [m for m in model.modules() if isinstance(m, ODEBlock)]
+    if not blocks:
+        raise ValueError("the model has no ODE block: Figure 3 needs an ODE-Net (model=odenet) checkpoint")
+    return blocks
+
+
+def set_tolerance(model: nn.Module, tol: float, *, adjoint: bool | None = None) -> None:
+    """Solve every ODE block of ``model`` at rtol = atol = ``tol`` (and optionally switch the adjoint)."""
+    for block in ode_blocks(model):
+        changes: dict[str, Any] = {"rtol": tol, "atol": tol}
+        if adjoint is not None:
+            changes["adjoint"] = adjoint
+        block.solver = dataclasses.replace(block.solver, **changes)
+
+
+class _BlockOutputs:
+    """Forward hook keeping the last output of every ODE block (the state h(1) the error is measured on)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.outputs: list[torch.Tensor] = []
+        self._handles = [b.register_forward_hook(self._hook) for b in ode_blocks(model)]
+
+    def _hook(self, _module: nn.Module, _inputs: Any, output: Any) -> None:
+        self.outputs.append(output.detach())
+
+    def take(self) -> torch.Tensor:
+        out = torch.cat([o.flatten(1) for o in self.outputs], dim=1)
+        self.outputs = []
+        return out
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def _rel_error(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """Relative L2 error over the whole batch, in float64."""
+    x, ref = x.double(), ref.double()
+    return float((x - ref).norm() / ref.norm().clamp_min(1e-300))
+
+
+@torch.no_grad()
+def _reference(model: nn.Module, x: torch.Tensor, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block output and logits of a float64 copy of ``model`` solved at ``tol``."""
+    ref_model = copy.deepcopy(model).double()
+    set_tolerance(ref_model, tol, adjoint=False)
+    hooks = _BlockOutputs(ref_model)
+    logits = ref_model(x.double())
+    state = hooks.take()
+    hooks.close()
+    return state, logits
+
+
+def _sync(x: torch.Tensor) -> None:
+    """Wait for queued GPU work, so wall times measure it."""
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+
+
+def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tolerances: Sequence[float] = DEFAULT_TOLERANCES,
+            repeats: int = 3, progress: bool = True) -> dict[str, Any]:
+    """Figure 3 (a)-(c) measurements of ``model`` on the batch ``(x, y)``, one record per tolerance."""
+    model.eval()
+    ref_tol = min(tolerances) * REFERENCE_FACTOR
+    if progress:
+        print(f"  figure3: reference solve in float64 at tol {ref_tol:.0e}", flush=True)
+    ref_state, ref_logits = _reference(model, x, ref_tol)
+    hooks = _BlockOutputs(model)
+    rows: list[dict[str, float]] = []
+    try:
+        for i, tol in enumerate(tolerances):
+            set_tolerance(model, tol, adjoint=True)
+            # Forward only: error, NFE and median wall time over `repeats` solves.
+            times = []
+            reset_solve_stats(model)
+            with torch.no_grad():
+                for _ in range(max(1, repeats)):
+                    hooks.outputs = []
+                    _sync(x)
+                    t0 = time.perf_counter()
+                    logits = model(x)
+                    _sync(x)
+                    times.append(time.perf_counter() - t0)
+            nfe_forward = collect_solve_stats(model).nfe_forward / max(1, repeats)
+            state = hooks.take()
+            # Forward + backward through the adjoint: the backward NFE of the same tolerance.
+            reset_solve_stats(model)
+            model.zero_grad(set_to_none=True)
+            _sync(x)
+            t0 = time.perf_counter()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            _sync(x)
+            train_step_s = time.perf_counter() - t0
+            hooks.outputs = []
+            stats = collect_solve_stats(model)
+            rows.append({
+                "tol": float(tol),
+                "nfe_forward": float(nfe_forward),
+                "nfe_forward_train": float(stats.nfe_forward),
+                "nfe_backward": float(stats.nfe_backward),
+                "error_state": _rel_error(state, ref_state),
+                "error_logits": _rel_error(logits, ref_logits),
+                "accuracy": float((logits.argmax(1) == y).float().mean()),
+                "forward_time_s": statistics.median(times),
+                "train_step_time_s": train_step_s,
+            })
+            if progress:
+                r = rows[-1]
+                print(f"  figure3 [{i + 1}/{len(tolerances)}] tol={tol:.0e}  NFE fwd {r['nfe_forward']:.0f} "
+                      f"bwd {r['nfe_backward']:.0f}  error {r['error_state']:.2e}  "
+                      f"time {r['forward_time_s'] * 1e3:.0f} ms", flush=True)
+    finally:
+        hooks.close()
+        model.zero_grad(set_to_none=True)
+    ratios = [r["nfe_backward"] / r["nfe_forward_train"] for r in rows if r["nfe_forward_train"] > 0]
+    return {
+        "tolerances": [float(t) for t in tolerances],
+        "reference_tol": ref_tol,
+        "batch_size": int(x.shape[0]),
+        "rows": rows,
+        "backward_over_forward": {
+            "median": statistics.median(ratios) if ratios else None,
+            "min": min(ratios) if ratios else None,
+            "max": max(ratios) if ratios else None,
+        },
+    }
+
+
+def verdict(data: dict[str, Any]) -> str:
+    """One honest sentence on the paper's claim that backward NFE is about half of forward NFE."""
+    r = data.get("backward_over_forward", {}) or {}
+    med = r.get("median")
+    if med is None:
+        return "Backward NFE was not measured."
+    span = f"median {med:.2f}, range {r['min']:.2f}-{r['max']:.2f} over {len(data['rows'])} tolerances"
+    if 0.35 <= med <= 0.65:
+        return f"Measured backward/forward NFE ratio: {span}. This agrees with the paper's 'roughly half'."
+    return (f"Measured backward/forward NFE ratio: {span}. This does NOT reproduce the paper's claim that the "
+            f"backward pass needs roughly half the evaluations of the forward pass.")
+
+
+def observations(data: dict[str, Any] | None, nfe_over_epochs: tuple[Sequence[float], Sequence[float]]) -> list[str]:
+    """What panels (a), (b) and (d) show, measured, one sentence each (panel (c) is :func:`verdict`)."""
+    out = []
+    rows = (data or {}).get("rows", [])
+    if len(rows) >= 2:
+        lo, hi = min(rows, key=lambda r: r["nfe_forward"]), max(rows, key=lambda r: r["nfe_forward"])
+        out.append(f"(a) From {lo['nfe_forward']:.0f} to {hi['nfe_forward']:.0f} forward NFE the error of h(1) went "
+                   f"from {lo['error_state']:.1e} to {hi['error_state']:.1e}.")
+        out.append(f"(b) Forward time went from {lo['forward_time_s'] * 1e3:.0f} ms to "
+                   f"{hi['forward_time_s'] * 1e3:.0f} ms over the same range.")
+    _, nfe = nfe_over_epochs
+    if len(nfe) >= 2:
+        trend = "rose" if nfe[-1] > nfe[0] else "fell" if nfe[-1] < nfe[0] else "stayed"
+        out.append(f"(d) Mean forward NFE per training batch {trend} from {nfe[0]:.1f} (epoch 1) to {nfe[-1]:.1f} "
+                   f"(epoch {len(nfe)})" + ("; the paper's growth over training is not seen in this short run."
+                                            if trend != "rose" else "."))
+    elif nfe:
+        out.append("(d) Only one epoch was trained, so there is no trend to see.")
+    return out
+
+
+def plot(data: dict[str, Any] | None, nfe_over_epochs: tuple[Sequence[float], Sequence[float]], out_png: Path,
+         title: str = "") -> Path:
+    """Four panels as in the paper's Figure 3; panels without data say so instead of failing."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from neuralode.report.figures import shrink_png
+
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    rows = (data or {}).get("rows", [])
+    nfe = [r["nfe_forward"] for r in rows]
+    panels = [
+        ("(a)", "Numerical error", [r["error_state"] for r in rows], True),
+        ("(b)", "Forward time (s)", [r["forward_time_s"] for r in rows], False),
+        ("(c)", "NFE backward", [r["nfe_backward"] for r in rows], False),
+    ]
+    for ax, (tag, ylabel, ys, logy) in zip(axes[:3], panels):
+        if rows:
+            ax.plot(nfe, ys, "o-")
+            if logy:
+                ax.set_yscale("log")
+        else:
+            ax.text(0.5, 0.5, "no checkpoint measured", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel("NFE forward")
+        ax.set_ylabel(ylabel)
+        ax.set_title(tag)
+    if rows:
+        lim = max(nfe + [r["nfe_backward"] for r in rows]) * 1.05
+        axes[2].plot([0, lim], [0, lim / 2], "--", color="gray", label="backward = forward / 2")
+        axes[2].legend(fontsize=8)
+    xs, ys = nfe_over_epochs
+    ax = axes[3]
+    if ys:
+        ax.plot(xs, ys, "o-")
+    else:
+        ax.text(0.5, 0.5, "no metrics.jsonl", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("Training epoch")
+    ax.set_ylabel("NFE forward")
+    ax.set_title("(d)")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=80)
+    plt.close(fig)
+    return shrink_png(out_png)
+
+
+def load_odenet(checkpoint: str | Path, batch_size: int, device: str = "cpu",
+                data: dict[str, Any] | None = None) -> tuple[nn.Module, torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """The trained model of an MNIST ODE-Net checkpoint and its first ``batch_size`` test images and labels."""
+    from omegaconf import OmegaConf
+
+    from neuralode.utils.checkpoint import checkpoint_path, load_checkpoint
+    from neuralode.utils.runtime import build_task_from_config, resolve_device, seed_everything
+
+    ckpt = load_checkpoint(checkpoint_path(checkpoint))
+    cfg = OmegaConf.create(ckpt["config"])
+    if cfg.task.name != "mnist":
+        raise ValueError(f"Figure 3 needs an MNIST ODE-Net checkpoint (task=mnist model=odenet); "
+                         f"{checkpoint} is task={cfg.task.name}")
+    if data:
+        cfg.data = OmegaConf.merge(cfg.data, data)
+    dev = resolve_device(device)
+    seed_everything(int(cfg.seed))
+    task = build_task_from_config(cfg, dev)
+    task.model.load_state_dict(ckpt["model"])
+    ode_blocks(task.model)  # fail early, with a clear message, on a model without an ODE block
+    images, labels = task.test_images[:batch_size], task.test_labels[:batch_size]
+    x = images.unsqueeze(1).float().div(255)  # the task's input scaling: pixels in [0, 1]
+    info = {"checkpoint": str(checkpoint), "epoch": int(ckpt["epoch"]), "model": cfg.model.name,
+            "data": cfg.data.name, "method": cfg.solver.method}
+    return task.model, x, labels, info
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m neuralode.report.figure3", description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help="run dir of a task=mnist model=odenet run, or its last.pt")
+    parser.add_argument("--out", type=Path, help="JSON with the measurements (default: <run dir>/figure3.json)")
+    parser.add_argument("--png", type=Path, help="also plot the figure here")
+    parser.add_argument("--tolerances", type=float, nargs="+", default=list(DEFAULT_TOLERANCES))
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3, help="forward passes timed per tolerance (median)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads")
+    parser.add_argument("--data-root", help="data.root override if the data moved since training")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1 or args.repeats < 1 or any(t <= 0 for t in args.tolerances):
+        parser.error("--batch-size and --repeats must be >= 1 and every tolerance > 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        model, x, y, info = load_odenet(args.checkpoint, args.batch_size, args.device,
+                                        {"root": args.data_root} if args.data_root else None)
+    except ValueError as e:  # CheckpointError, DataError, ConfigError are all ValueErrors with one clear line
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"figure3: {info['model']} on {info['data']} (epoch {info['epoch']}), batch {x.shape[0]}, "
+          f"{len(args.tolerances)} tolerances", flush=True)
+    data = {**info, **measure(model, x, y, args.tolerances, repeats=args.repeats)}
+    run_dir = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent.parent
+    out = args.out or run_dir / "figure3.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(out)
+    print(f"figure3: {verdict(data)}\nfigure3: wrote {out}", flush=True)
+    if args.png:
+        from neuralode.report.runs import read_metrics
+
+        records = read_metrics(run_dir)
+        epochs = ([float(r.get("epoch", i)) for i, r in enumerate(records) if "nfe_forward" in r],
+                  [float(r["nfe_forward"]) for r in records if "nfe_forward" in r])
+        print(f"figure3: wrote {plot(data, epochs, args.png)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

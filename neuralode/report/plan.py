@@ -1,0 +1,103 @@
+"""Which training runs each profile of ``make reproduce`` needs, as ``neuralode train`` overrides.
+
+The plan is pure data, so the report can name every command and find every run dir without training.
+Each run lives in ``<runs dir>/<key>``; the key is readable (``table1/odenet``, ``table2/rnn_n30``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from neuralode.report import paper
+
+PROFILES = ("smoke", "quick", "full")
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+
+
+@dataclass(frozen=True)
+class Run:
+    key: str                 # run dir relative to the runs dir, also the name shown in progress lines
+    section: str             # table1 | table2 | figure4 | figure5
+    overrides: tuple[str, ...]
+    meta: dict[str, str | int] = field(default_factory=dict, compare=False)  # model, n_obs, data, size
+
+    def command(self, run_dir: str) -> list[str]:
+        """The ``neuralode train`` arguments for this run, writing into ``run_dir``."""
+        return ["train", *self.overrides, f"hydra.run.dir={run_dir}"]
+
+
+@dataclass(frozen=True)
+class DataChoice:
+    """The image data set for Table 1 and Figure 3."""
+
+    name: str                # mnist | fashion_mnist
+    root: str | None = None  # data.root override, None: the data config's default (download/cache)
+    note: str = ""           # why this data set was chosen, for the report
+
+    def overrides(self) -> tuple[str, ...]:
+        out = (f"data={self.name}",)
+        return out + ((f"data.root={self.root}",) if self.root else ())
+
+
+@dataclass(frozen=True)
+class ProfileSpec:
+    """Per-profile breadth of the reproduction (the per-run sizes come from ``profile=<name>``)."""
+
+    cnf_sizes: tuple[int, ...]         # K = M for Figure 4
+    cnf_targets: tuple[str, ...]       # Figure 4 target potentials
+    cnf_datasets: tuple[str, ...]      # Figure 5 data sets
+    fig5_planar_flows: int             # K of the planar NF compared with the CNF in Figure 5
+    figure3_tolerances: tuple[float, ...]
+    figure3_batch: int
+    figure3_repeats: int = 3           # timed forward passes per tolerance (median)
+
+
+FIG3_TOLS_SHORT = (1e-1, 1e-2, 1e-3, 1e-4)
+FIG3_TOLS_LONG = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
+FIG4_TARGETS = ("ring_modes", "wave", "split_wave")
+FIG5_DATASETS = ("two_circles", "two_moons")
+
+SPECS: dict[str, ProfileSpec] = {
+    "smoke": ProfileSpec(cnf_sizes=(2,), cnf_targets=FIG4_TARGETS[:1], cnf_datasets=FIG5_DATASETS[1:],
+                         fig5_planar_flows=64, figure3_tolerances=FIG3_TOLS_SHORT, figure3_batch=16,
+                         figure3_repeats=1),
+    "quick": ProfileSpec(cnf_sizes=paper.FIGURE4_WIDTHS, cnf_targets=FIG4_TARGETS[:1], cnf_datasets=FIG5_DATASETS,
+                         fig5_planar_flows=64, figure3_tolerances=FIG3_TOLS_LONG, figure3_batch=64),
+    "full": ProfileSpec(cnf_sizes=paper.FIGURE4_WIDTHS, cnf_targets=FIG4_TARGETS, cnf_datasets=FIG5_DATASETS,
+                        fig5_planar_flows=64, figure3_tolerances=FIG3_TOLS_LONG, figure3_batch=256),
+}
+
+
+def check_profile(profile: str) -> ProfileSpec:
+    if profile not in SPECS:
+        raise ValueError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
+    return SPECS[profile]
+
+
+def build_plan(profile: str, data: DataChoice) -> list[Run]:
+    """Every training run of ``profile``, in the order they are run (Table 1 first: Figure 3 needs it)."""
+    spec = check_profile(profile)
+    p = f"profile={profile}"
+    runs: list[Run] = []
+    for ref in paper.TABLE1:
+        runs.append(Run(f"table1/{ref.model}", "table1", ("task=mnist", f"model={ref.model}", *data.overrides(), p),
+                        {"model": ref.model, "data": data.name}))
+    for model in ("latent_ode", "rnn"):
+        for n in paper.TABLE2_N_OBS:
+            runs.append(Run(f"table2/{model}_n{n}", "table2", ("task=spiral", f"model={model}", f"data.n_obs={n}", p),
+                            {"model": model, "n_obs": n}))
+    for target in spec.cnf_targets:
+        for k in spec.cnf_sizes:
+            runs.append(Run(f"figure4/{target}/planar_k{k}", "figure4",
+                            ("task=cnf_match", "model=planar", f"model.flows={k}", f"data={target}", p),
+                            {"model": "planar", "data": target, "size": k}))
+            runs.append(Run(f"figure4/{target}/cnf_m{k}", "figure4",
+                            ("task=cnf_match", "model=cnf", f"model.width={k}", f"data={target}", p),
+                            {"model": "cnf", "data": target, "size": k}))
+    for ds in spec.cnf_datasets:
+        runs.append(Run(f"figure5/{ds}/cnf", "figure5", ("task=cnf", "model=cnf", f"data={ds}", p),
+                        {"model": "cnf", "data": ds}))
+        k = spec.fig5_planar_flows
+        runs.append(Run(f"figure5/{ds}/planar_k{k}", "figure5",
+                        ("task=cnf", "model=planar", f"model.flows={k}", f"data={ds}", p),
+                        {"model": "planar", "data": ds, "size": k}))
+    return runs

@@ -1,0 +1,228 @@
+"""``make reproduce``: train every run the paper's tables and figures need, then write REPORT.md.
+
+    python -m neuralode.report.reproduce --profile smoke|quick|full --report-dir DIR [--no-train]
+
+Each run is one ``neuralode train`` subprocess (its own progress bars stream through) writing into
+``<runs dir>/<key>``. A run whose ``metrics.jsonl`` already holds every epoch is skipped, and an
+interrupted one resumes from its checkpoint, so rerunning the same command continues where it stopped.
+A failed run is recorded and the others still run; the exit code is 1 if any failed. ``--no-train``
+only rebuilds the report from what is on disk.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from neuralode.report import writer
+from neuralode.report.plan import FASHION_MNIST_ROOT, PROFILES, DataChoice, Run, build_plan, check_profile
+from neuralode.report.runs import read_metrics, read_run_config
+
+CACHE_DIR = "~/.cache/neuralode/data"  # the data configs' default cache_dir
+
+
+def neuralode_command() -> list[str]:
+    """How to start the CLI from this interpreter: the console script beside it, else the module."""
+    script = Path(sys.executable).with_name("neuralode")
+    if script.is_file():
+        return [str(script)]
+    found = shutil.which("neuralode")
+    return [found] if found else [sys.executable, "-m", "neuralode.cli"]
+
+
+def detect_data(requested: str, root: str | None = None) -> DataChoice:
+    """The image data set for Table 1: MNIST when present or downloadable, else offline Fashion-MNIST."""
+    from neuralode.data.mnist import DataError, load_split
+
+    note = ""
+    if requested == "auto":
+        if _mnist_available(root):
+            return DataChoice("mnist", root)
+        requested, root = "fashion_mnist", None
+        note = ("MNIST is not on this machine and could not be downloaded, so Fashion-MNIST (offline copy) "
+                "stands in for it.")
+    if requested == "mnist":
+        return DataChoice("mnist", root)
+    fm_root = root or FASHION_MNIST_ROOT
+    try:
+        load_split("fashion_mnist", False, fm_root, CACHE_DIR, download=False)
+    except DataError as e:
+        raise SystemExit(f"error: no image data set for Table 1: {e}") from None
+    return DataChoice("fashion_mnist", fm_root, note)
+
+
+def _mnist_available(root: str | None) -> bool:
+    from neuralode.data.mnist import DataError, load_split
+
+    try:  # present (in root or the cache), or downloadable; fails fast when offline
+        for train in (False, True):
+            load_split("mnist", train, root, CACHE_DIR, download=True)
+    except DataError:
+        return False
+    return True
+
+
+def expected_epochs(run: Run, run_dir: Path) -> int | None:
+    """``trainer.epochs`` the run's command composes to (from the saved config if composing fails)."""
+    try:
+        from hydra import compose, initialize_config_dir
+        from hydra.core.global_hydra import GlobalHydra
+
+        from neuralode.config import config_dir, register_configs
+
+        register_configs()
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+            cfg = compose("config", overrides=list(run.overrides))
+        return int(cfg.trainer.epochs)
+    except Exception:  # config not composable here (e.g. a task not installed): trust the run's own record
+        epochs = read_run_config(run_dir).get("trainer", {}).get("epochs")
+        return int(epochs) if isinstance(epochs, int) else None
+
+
+def is_complete(run: Run, run_dir: Path) -> bool:
+    epochs = expected_epochs(run, run_dir)
+    return epochs is not None and len(read_metrics(run_dir)) >= epochs
+
+
+def _fmt_s(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m}m{s:02d}s" if m else f"{seconds:.1f}s"
+
+
+class Reproduction:
+    """Runs the plan in order, logging each run's outcome to ``<runs dir>/reproduce.json``."""
+
+    def __init__(self, profile: str, runs_dir: Path, data: DataChoice, command: str, threads: int | None) -> None:
+        self.profile, self.runs_dir = profile, runs_dir
+        self.plan = build_plan(profile, data)
+        self.threads = threads
+        self.state: dict[str, Any] = writer.read_state(runs_dir)
+        self.state.update({"profile": profile, "command": command, "machine": writer.machine_info(),
+                           "data": {"name": data.name, "root": data.root, "note": data.note}})
+        self.state.setdefault("runs", {})
+        self.start = time.perf_counter()
+
+    def save_state(self) -> None:
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.runs_dir / (writer.STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(self.state, indent=1))
+        tmp.replace(self.runs_dir / writer.STATE_FILE)
+
+    def _log(self, msg: str) -> None:
+        print(f"[reproduce {_fmt_s(time.perf_counter() - self.start)}] {msg}", flush=True)
+
+    def _execute(self, key: str, cmd: list[str], shown: str, i: int, n: int) -> bool:
+        self._log(f"[{i}/{n}] {key}: {shown}")
+        t0 = time.perf_counter()
+        rc = subprocess.call(cmd)
+        secs = time.perf_counter() - t0
+        status = "ok" if rc == 0 else "failed"
+        self.state["runs"][key] = {"status": status, "rc": rc, "seconds": round(secs, 1), "command": shown}
+        self.save_state()
+        self._log(f"[{i}/{n}] {key}: {status} in {_fmt_s(secs)}" + ("" if rc == 0 else f" (exit code {rc})"))
+        return rc == 0
+
+    def train_all(self) -> list[str]:
+        """Train (or resume, or skip) every run, then measure Figure 3; returns the keys that failed."""
+        started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        executed = False
+        failed: list[str] = []
+        n = len(self.plan) + 1  # + the Figure 3 measurement
+        extra = [f"trainer.threads={self.threads}"] if self.threads else []
+        for i, run in enumerate(self.plan, 1):
+            run_dir = self.runs_dir / run.key
+            if is_complete(run, run_dir):
+                self._log(f"[{i}/{n}] {run.key}: complete, skipped")
+                self.state["runs"][run.key] = {**self.state["runs"].get(run.key, {}), "status": "ok"}
+                continue
+            if not executed:  # the report's dates are those of the invocation that last trained something
+                self.state["started"], executed = started, True
+            args = run.command(str(run_dir)) + extra
+            shown = writer.command_line(run, self.runs_dir)
+            if not self._execute(run.key, neuralode_command() + args, shown, i, n):
+                failed.append(run.key)
+        if not self._figure3(n):
+            failed.append("figure3")
+        if executed:
+            self.state["finished"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        # Compute time of the runs as they are on disk, resumed runs included.
+        self.state["train_seconds"] = round(sum(v.get("seconds", 0.0) for v in self.state["runs"].values()), 1)
+        self.save_state()
+        return failed
+
+    def _figure3(self, i: int) -> bool:
+        run_dir = self.runs_dir / "table1" / "odenet"
+        ckpt, out = run_dir / "checkpoints" / "last.pt", run_dir / writer.FIGURE3_FILE
+        if not ckpt.is_file():
+            self._log(f"[{i}/{i}] figure3: no ODE-Net checkpoint at {ckpt}; skipped")
+            self.state["runs"]["figure3"] = {"status": "missing"}
+            return False
+        if out.is_file() and out.stat().st_mtime >= ckpt.stat().st_mtime:
+            self._log(f"[{i}/{i}] figure3: measured after the last checkpoint, skipped")
+            return True
+        spec = check_profile(self.profile)
+        args = [str(run_dir), "--out", str(out), "--batch-size", str(spec.figure3_batch),
+                "--repeats", str(spec.figure3_repeats),
+                "--tolerances", *(f"{t:g}" for t in spec.figure3_tolerances)]
+        if self.threads:
+            args += ["--threads", str(self.threads)]
+        shown = "python -m neuralode.report.figure3 " + " ".join(shlex.quote(a) for a in args)
+        return self._execute("figure3", [sys.executable, "-m", "neuralode.report.figure3", *args], shown, i, i)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m neuralode.report.reproduce", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default="smoke", choices=PROFILES)
+    parser.add_argument("--report-dir", type=Path, help="where REPORT.md and figures/ go "
+                        "(default: outputs/report-<profile>)")
+    parser.add_argument("--runs-dir", type=Path, help="where the runs go (default: outputs/reproduce/<profile>)")
+    parser.add_argument("--no-train", action="store_true", help="only rebuild the report from existing outputs")
+    parser.add_argument("--data", default="auto", choices=("auto", "mnist", "fashion_mnist"), help="Table 1 data set: auto (MNIST if available, else offline "
+                        "Fashion-MNIST), mnist or fashion_mnist")
+    parser.add_argument("--data-root", help="data.root for Table 1 (a folder with the four IDX files)")
+    parser.add_argument("--threads", type=int, help="torch threads per run (trainer.threads)")
+    args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be >= 1")
+    report_dir = args.report_dir or Path(f"outputs/report-{args.profile}")
+    runs_dir = args.runs_dir or Path(f"outputs/reproduce/{args.profile}")
+    extra = [f"{flag} {value}" for flag, value in (("--runs-dir", args.runs_dir), ("--data-root", args.data_root),
+                                                   ("--threads", args.threads)) if value is not None]
+    extra += [f"--data {args.data}"] if args.data != "auto" else []
+    command = (f"make {'report' if args.no_train else 'reproduce'} PROFILE={args.profile} REPORT_DIR={report_dir}"
+               + (f' ARGS="{" ".join(extra)}"' if extra else ""))
+    failed: list[str] = []
+    if args.no_train:
+        state = writer.read_state(runs_dir)
+        d = state.get("data") or {}
+        data = DataChoice(d.get("name", "mnist"), d.get("root"), d.get("note", ""))
+        plan = build_plan(args.profile, data)
+    else:
+        data = detect_data(args.data, args.data_root)
+        print(f"[reproduce] profile {args.profile}: image data set {data.name}"
+              + (f" ({data.note})" if data.note else ""), flush=True)
+        rep = Reproduction(args.profile, runs_dir, data, command, args.threads)
+        try:
+            failed = rep.train_all()
+        except KeyboardInterrupt:
+            print("\n[reproduce] interrupted; run the same command again to resume", file=sys.stderr)
+            return 130
+        plan = rep.plan
+    path = writer.write_report(args.profile, plan, runs_dir, report_dir)
+    print(f"[reproduce] wrote {path}", flush=True)
+    if failed:
+        print(f"[reproduce] {len(failed)} step(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

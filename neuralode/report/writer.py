@@ -1,0 +1,273 @@
+"""Write REPORT.md (and its PNG figures) from the run outputs of one ``make reproduce`` profile.
+
+Reads only files: each run's ``metrics.jsonl`` / ``.hydra/config.yaml`` / ``figures/``, ``figure3.json``
+and ``reproduce.json`` (the log of what reproduce ran, where, when, and how long it took). Anything
+missing is reported as missing.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import shlex
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from neuralode.report import figure3, figures, paper, tables
+from neuralode.report.plan import Run
+from neuralode.report.runs import RunSummary, load_run
+
+STATE_FILE = "reproduce.json"
+FIGURE3_FILE = "figure3.json"
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": __import__("os").cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:  # the CPU model name, when the OS exposes it
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["processor"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return info
+
+
+def read_state(runs_dir: Path) -> dict[str, Any]:
+    path = runs_dir / STATE_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def command_line(run: Run, runs_dir: Path) -> str:
+    return "neuralode " + " ".join(shlex.quote(a) for a in run.command(str(runs_dir / run.key)))
+
+
+def _img(report_dir: Path, path: Path | None, alt: str) -> str:
+    if path is None:
+        return f"_{alt}: no data to plot (runs missing)._"
+    return f"![{alt}]({path.relative_to(report_dir).as_posix()})"
+
+
+def _status_line(state: dict[str, Any], key: str, run: RunSummary) -> str:
+    st = state.get("runs", {}).get(key, {})
+    status = st.get("status", "complete" if run.exists else "missing")
+    secs = st.get("seconds")
+    return f"{status}" + (f", {secs:.0f} s" if isinstance(secs, (int, float)) else "")
+
+
+def _copy_figure(src: Path, dst: Path) -> Path | None:
+    if not src.is_file():
+        return None
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    return figures.shrink_png(dst)
+
+
+def _first_png(run_dir: Path, pattern: str = "*.png") -> Path | None:
+    found = sorted((run_dir / "figures").glob(pattern))
+    return found[0] if found else None
+
+
+def write_report(profile: str, plan: list[Run], runs_dir: Path, report_dir: Path) -> Path:
+    """Write ``report_dir/REPORT.md`` and ``report_dir/figures/*.png``; return the report's path."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    fig_dir = report_dir / "figures"
+    for stale in fig_dir.glob("*.png"):  # figures of an earlier build that this one may not redraw
+        stale.unlink()
+    state = read_state(runs_dir)
+    runs = {r.key: load_run(runs_dir / r.key, with_params=r.section == "table1") for r in plan}
+    by_section: dict[str, list[Run]] = {}
+    for r in plan:
+        by_section.setdefault(r.section, []).append(r)
+
+    out: list[str] = []
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    machine = state.get("machine") or machine_info()
+    data = state.get("data") or {}
+    t1_runs = by_section.get("table1", [])
+    data_name = data.get("name") or next((runs[r.key].cfg("data.name") for r in t1_runs if runs[r.key].exists),
+                                         None) or "unknown"
+    out += [
+        f"# Reproduction report: Neural ODEs, profile `{profile}`",
+        "",
+        f"Paper: {paper.PAPER}",
+        "",
+        f"- **Report written:** {now}",
+        f"- **Training:** "
+        + (f"{state['train_seconds'] / 60:.1f} min of training and measurement in all (per run below); "
+           if "train_seconds" in state else "")
+        + f"last session {state.get('started', 'unknown')} to {state.get('finished', 'unknown')}",
+        f"- **Profile:** `{profile}` ({_profile_blurb(profile)})",
+        f"- **Machine:** {machine.get('processor')}, {machine.get('cpus')} CPUs"
+        + (f", GPU {machine['gpu']}" if machine.get("gpu") else ", no GPU")
+        + f"; {machine.get('platform')}; Python {machine.get('python')}, torch {machine.get('torch')}",
+        f"- **Image data set (Table 1, Figure 3):** `{data_name}`"
+        + (f" from `{data['root']}`" if data.get("root") else "")
+        + (f". {data['note']}" if data.get("note") else ""),
+        f"- **Command:** `{state.get('command', f'make reproduce PROFILE={profile}')}`; "
+        f"rebuild this report without training: `make report PROFILE={profile} REPORT_DIR=...`",
+        f"- **Run outputs:** `{runs_dir}` (metrics.jsonl, TensorBoard events, checkpoints)",
+        "",
+    ]
+    if profile != "full":
+        out += [f"> Profile `{profile}` trains on shrunk data for a few epochs, so the numbers below are far from "
+                "converged and are not expected to match the paper's; `full` uses the paper's settings.", ""]
+
+    # Table 1
+    t1 = {r.meta["model"]: runs[r.key] for r in t1_runs}
+    mem_kind = next((run.last["peak_memory_kind"] for run in t1.values() if "peak_memory_kind" in run.last),
+                    "CUDA max allocated on a GPU, a CPU measure on CPU")
+    out += ["## Table 1: image classification", "",
+            tables.table1(t1), "",
+            f"Ours: test error at the last epoch on `{data_name}`; parameters counted from the model; peak memory "
+            f"as logged by the trainer (`peak_memory_mb`, measured as `{mem_kind}`); "
+            "NFE per batch at the last epoch (forward / backward; RK-Net backpropagates through the solver, "
+            "so it has no backward solve); time is the mean epoch time. Paper: MNIST, 160 epochs; its memory "
+            "and time columns are asymptotic costs (L layers, L~ solver steps)."]
+    if data_name != "mnist":
+        out += ["", f"**The paper's errors are on MNIST; ours are on `{data_name}`, a harder data set, so the "
+                "error columns are not directly comparable.**"]
+    out += ["", _img(report_dir, figures.table1_curves(
+        {paper_label(m): run for m, run in t1.items()}, fig_dir / "table1_curves.png"), "Table 1 training curves"), ""]
+
+    # Figure 3
+    out += ["## Figure 3: statistics of a trained ODE-Net", ""]
+    odenet = t1.get("odenet")
+    f3_path = (odenet.run_dir if odenet else runs_dir / "table1/odenet") / FIGURE3_FILE
+    f3 = _read_json(f3_path)
+    nfe_epochs = odenet.series("nfe_forward") if odenet else ([], [])
+    png = figure3.plot(f3, nfe_epochs, fig_dir / "figure3.png", title="ODE-Net: NFE vs error, time, backward NFE, epoch")
+    out += [_img(report_dir, png, "Figure 3"), ""]
+    if f3:
+        out += [f"Measured on the trained `table1/odenet` checkpoint, one test batch of {f3['batch_size']} images, "
+                f"dopri5 at rtol = atol = tol; error = relative L2 error of the ODE block's output h(1) (and of the "
+                f"logits) against a float64 solve at tol {f3['reference_tol']:.0e}; time = median forward pass; "
+                "backward NFE from one forward+backward (adjoint) pass at the same tolerance.", "",
+                _figure3_table(f3), "",
+                f"**Backward vs forward NFE:** {figure3.verdict(f3)}", "",
+                " ".join(figure3.observations(f3, nfe_epochs)), ""]
+    else:
+        out += [f"_Figure 3 measurements missing ({f3_path} not found); panel (d) uses metrics.jsonl only._", ""]
+    out += ["Paper's claims: " + " ".join(paper.FIGURE3_CLAIMS), ""]
+
+    # Table 2
+    t2 = {(r.meta["model"], int(r.meta["n_obs"])): runs[r.key] for r in by_section.get("table2", [])}
+    out += ["## Table 2: latent ODE vs RNN on irregularly sampled spirals (test RMSE)", "",
+            tables.table2(t2), "",
+            _img(report_dir, figures.table2_plot(t2, fig_dir / "table2_rmse.png"), "Table 2 RMSE vs observations"), ""]
+    n_min = min(paper.TABLE2_N_OBS)
+    cells = [[(f"{paper.TABLE2_LABELS[m]}, n_obs={n_min}", _first_png(t2[(m, n_min)].run_dir))]
+             for m in ("latent_ode", "rnn") if (m, n_min) in t2]  # one wide row of test spirals per model
+    if cells:
+        out += [_img(report_dir, figures.image_grid(cells, fig_dir / "table2_spirals.png", (12, 3.4)),
+                     "Spiral reconstructions"), ""]
+
+    # Figure 4
+    f4 = {(str(r.meta["data"]), str(r.meta["model"]), int(r.meta["size"])): runs[r.key]
+          for r in by_section.get("figure4", [])}
+    out += ["## Figure 4: normalizing flow vs continuous normalizing flow (density matching, KL)", "",
+            tables.flows_table(f4, "kl", "KL"), "", f"Paper's claim: {paper.FIGURE4_CLAIM}", ""]
+    rows = []  # per target: the NF row (K = 2, 8, 32) above the CNF row (M = 2, 8, 32), as in the paper
+    for target in sorted({d for d, _, _ in f4}):
+        sizes = sorted({k for d, _, k in f4 if d == target})
+        for model, letter, label in (("planar", "k", "NF K"), ("cnf", "m", "CNF M")):
+            rows.append([(f"{target}: {label}={k}", _first_png(runs_dir / f"figure4/{target}/{model}_{letter}{k}"))
+                         for k in sizes])
+    if rows:
+        out += [_img(report_dir, figures.image_grid(rows, fig_dir / "figure4.png", (4.8, 1.8)), "Figure 4"), ""]
+
+    # Figure 5
+    f5 = {(str(r.meta["data"]), str(r.meta["model"]), int(r.meta.get("size", 0))): runs[r.key]
+          for r in by_section.get("figure5", [])}
+    out += ["## Figure 5: maximum-likelihood CNF on 2-D data (test NLL, nats)", ""]
+    out += [_fig5_table(f5), "", f"Paper's claim: {paper.FIGURE5_CLAIM}", ""]
+    f5_runs = by_section.get("figure5", [])
+    for r in f5_runs:  # the paper's Figure 5: samples carried from noise (t=0) to data (t=1)
+        if r.meta["model"] == "cnf":
+            copied = _copy_figure(runs_dir / r.key / "figures" / "snapshots.png",
+                                  fig_dir / f"figure5_{r.meta['data']}_snapshots.png")
+            if copied:
+                out += [_img(report_dir, copied, f"Figure 5 {r.meta['data']} snapshots"), ""]
+    rows = []  # learned densities, CNF beside the planar NF, one row per data set
+    for ds in sorted({str(r.meta["data"]) for r in f5_runs}):
+        rows.append([(f"{ds}: {_flow_label(r)}", runs_dir / r.key / "figures" / "density.png")
+                     for r in f5_runs if r.meta["data"] == ds])
+    if rows:
+        out += [_img(report_dir, figures.image_grid(rows, fig_dir / "figure5_density.png", (4.8, 2.4)),
+                     "Figure 5 densities"), ""]
+
+    # Commands and status
+    out += ["## Runs", "", "| Run | Status | Epochs | Command |", "|---|---|---|---|"]
+    for r in plan:
+        run = runs[r.key]
+        out.append(f"| `{r.key}` | {_status_line(state, r.key, run)} | {run.epochs} | "
+                   f"`{command_line(r, runs_dir)}` |")
+    missing = [r.key for r in plan if not runs[r.key].exists]
+    out += [""]
+    if missing:
+        out += [f"**Missing runs ({len(missing)}):** " + ", ".join(f"`{k}`" for k in missing), ""]
+    failed = [k for k, v in state.get("runs", {}).items() if v.get("status") in ("failed", "missing")]
+    if failed:
+        out += [f"**Failed runs ({len(failed)}):** " + ", ".join(f"`{k}`" for k in failed)
+                + " (see the run's log in its run dir)", ""]
+    path = report_dir / "REPORT.md"
+    path.write_text("\n".join(out))
+    return path
+
+
+def paper_label(model: str) -> str:
+    return next((row.label for row in paper.TABLE1 if row.model == model), model)
+
+
+def _flow_label(run: Run) -> str:
+    return "CNF" if run.meta["model"] == "cnf" else f"planar NF K={run.meta.get('size')}"
+
+
+def _profile_blurb(profile: str) -> str:
+    return {"smoke": "minutes on a CPU, exercises every step; numbers are meaningless",
+            "quick": "about an hour on a CPU: shrunk data and epochs",
+            "full": "the paper's settings, meant for a GPU"}.get(profile, "")
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _figure3_table(f3: dict[str, Any]) -> str:
+    rows = [[f"{r['tol']:.0e}", f"{r['nfe_forward']:.0f}", f"{r['nfe_backward']:.0f}",
+             f"{r['nfe_backward'] / r['nfe_forward_train']:.2f}" if r["nfe_forward_train"] else "-",
+             f"{r['error_state']:.2e}", f"{r['error_logits']:.2e}", f"{r['forward_time_s'] * 1e3:.0f}",
+             f"{r['accuracy'] * 100:.1f}%"] for r in f3["rows"]]
+    return tables.markdown_table(["tol", "NFE fwd", "NFE bwd", "bwd/fwd", "error h(1)", "error logits",
+                                  "fwd time ms", "batch acc"], rows)
+
+
+def _fig5_table(f5: dict[tuple[str, str, int], RunSummary]) -> str:
+    rows = []
+    for ds in sorted({d for d, _, _ in f5}):
+        cnf = next((run for (d, m, _), run in f5.items() if d == ds and m == "cnf"), None)
+        nf = next(((k, run) for (d, m, k), run in f5.items() if d == ds and m == "planar"), None)
+        rows.append([ds, tables.fmt(nf[1].final("test_nll") if nf else None, ".3f") + (f" (K={nf[0]})" if nf else ""),
+                     tables.fmt(cnf.final("test_nll") if cnf else None, ".3f"),
+                     tables.fmt(cnf.final("nfe_forward") if cnf else None, ".1f")])
+    if not rows:
+        return "_No Figure 5 runs found._"
+    return tables.markdown_table(["Data", "Planar NF test NLL", "CNF test NLL", "CNF NFE fwd"], rows)

@@ -1,0 +1,64 @@
+"""Figure 3 on a tiny ODE-Net trained for one epoch by the real trainer."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from neuralode.config import config_dir, register_configs
+from neuralode.report import figure3
+from neuralode.train import train
+
+from report_testdata import write_tiny_idx
+
+
+def train_tiny(tmp_path: Path, model: str) -> Path:
+    register_configs()
+    GlobalHydra.instance().clear()
+    root = write_tiny_idx(tmp_path / "idx")
+    overrides = ["task=mnist", f"model={model}", "data=mnist", f"data.root={root}", "data.download=false",
+                 "profile=smoke", "data.limit_train=16", "data.batch_size=16", "trainer.progress=false",
+                 "trainer.threads=1", "device=cpu"]
+    if model == "odenet":
+        overrides.append("model.channels=8")
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        cfg = compose("config", overrides=overrides)
+    run_dir = tmp_path / model
+    train(cfg, run_dir)
+    return run_dir
+
+
+def test_figure3_measures_a_trained_odenet(tmp_path: Path) -> None:
+    run_dir = train_tiny(tmp_path, "odenet")
+    png = tmp_path / "fig3.png"
+    rc = figure3.main([str(run_dir), "--tolerances", "1e-1", "1e-4", "--batch-size", "4", "--repeats", "2",
+                       "--png", str(png)])
+    assert rc == 0
+    data = json.loads((run_dir / "figure3.json").read_text())
+    loose, tight = data["rows"]
+    assert (loose["tol"], tight["tol"]) == (1e-1, 1e-4)
+    # A tighter tolerance costs more evaluations and gives a smaller error against the reference solve.
+    assert tight["nfe_forward"] > loose["nfe_forward"] > 0
+    # NFE is per forward pass, whatever the number of timed repeats, and the same with gradients on.
+    assert loose["nfe_forward"] == loose["nfe_forward_train"]
+    assert tight["error_state"] < loose["error_state"]
+    assert tight["error_state"] < 1e-2
+    # The adjoint's backward solve ran and was counted.
+    assert loose["nfe_backward"] > 0 and tight["nfe_backward"] > 0
+    assert data["backward_over_forward"]["median"] > 0
+    assert "backward/forward NFE ratio" in figure3.verdict(data)
+    assert png.is_file() and png.stat().st_size > 1000
+
+
+def test_figure3_rejects_a_model_without_ode_block(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = train_tiny(tmp_path, "mlp")
+    assert figure3.main([str(run_dir), "--batch-size", "2"]) == 2
+    assert "no ODE block" in capsys.readouterr().err
+
+
+def test_figure3_missing_checkpoint_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert figure3.main([str(tmp_path / "nowhere")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
