@@ -18,6 +18,7 @@ from typing import NoReturn
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
@@ -43,11 +44,17 @@ _USER_ERRORS = (HydraException, OmegaConfBaseException, ValueError, FileNotFound
 def _train_app(cfg: DictConfig) -> None:
     from neuralode.train import train  # imported here: TensorBoard & co. load only for this command
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        with _reported("neuralode train"):
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            # A sweep outlives a failed job: raise, so Hydra records the failure and runs the other jobs;
+            # it re-raises the first failure at the end, which main() reports in one line (exit code 2).
             train(cfg, run_dir)
-    except SystemExit:
+        else:
+            with _reported("neuralode train"):
+                train(cfg, run_dir)
+    except (SystemExit, *_USER_ERRORS):
         _remove_if_unused(run_dir)
         raise
 
