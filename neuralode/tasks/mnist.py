@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from neuralode.data import DATASETS, load_split
+from neuralode.data.mnist import DATASETS, load_split
 from neuralode.models.mnist import MODELS, build_mnist_model, count_parameters
 from neuralode.models.odeblock import SolverSpec
 from neuralode.tasks.base import StepOutput

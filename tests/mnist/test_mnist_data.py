@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from neuralode.data import DataError, IDXError, load_split, read_idx
+from neuralode.data.idx import IDXError, read_idx
+from neuralode.data.mnist import DataError, load_split
 from neuralode.data import mnist as mnist_data
 
 from mnist_testdata import N_TEST, N_TRAIN, tiny_split, write_dataset, write_idx
