@@ -38,6 +38,16 @@ class SolverSpec:
             adjoint_options=dict(solver_cfg.get("adjoint_options") or {}),
         )
 
+    def backward_options(self) -> dict[str, Any] | None:
+        """The adjoint solve's options: the forward ones (less ``norm``) updated by ``adjoint_options``.
+
+        odeint_adjoint drops the forward options once any adjoint option is given (torchdiffeq's rule);
+        from a config, ``solver.adjoint_options.norm=seminorm`` should not also lose ``max_num_steps``.
+        """
+        if not self.adjoint_options:
+            return None
+        return {**{k: v for k, v in self.options.items() if k != "norm"}, **self.adjoint_options}
+
 
 class ODEBlock(nn.Module):
     """Solve ``dy/dt = func(t, y)`` from ``t[0]`` and return the states at ``t`` (or only the last).
@@ -59,7 +69,7 @@ class ODEBlock(nn.Module):
         s = self.solver
         if s.adjoint:
             ys = odeint_adjoint(self.func, y0, t, rtol=s.rtol, atol=s.atol, method=s.method, options=s.options,
-                                adjoint_options=s.adjoint_options or None, stats=self.stats)
+                                adjoint_options=s.backward_options(), stats=self.stats)
         else:
             ys = odeint(self.func, y0, t, rtol=s.rtol, atol=s.atol, method=s.method, options=s.options,
                         stats=self.stats)

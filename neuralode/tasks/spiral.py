@@ -258,6 +258,8 @@ def plot_predictions(path: Path, *, data: SpiralData, rows: torch.Tensor, pred: 
 
 def build(cfg: Any, device: torch.device) -> SpiralTask:
     d = cfg.data
+    if d.get("name") != "spiral":
+        raise ValueError(f"task=spiral needs data=spiral (spirals generated in code), got data={d.get('name')}")
     seed = int(cfg.seed if d.get("seed") is None else d.seed)
     data = generate_spirals(n_spirals=int(d.n_spirals), n_points=int(d.n_points), n_obs=int(d.n_obs),
                             noise_std=float(d.noise_std), a=float(d.a), b=float(d.b),

@@ -61,6 +61,14 @@ def test_overrides_and_options():
     assert (spec.method, spec.options, spec.adjoint) == ("rk4", {"step_size": 0.1}, False)
 
 
+def test_adjoint_options_add_to_the_forward_options():
+    cfg = toy_config("++solver.options.max_num_steps=50", "++solver.options.norm=seminorm",
+                     "++solver.adjoint_options.norm=seminorm", "++solver.adjoint_options.first_step=0.1")
+    spec = SolverSpec.from_config(cfg.solver, default_tol=cfg.task.default_tol)
+    assert spec.backward_options() == {"max_num_steps": 50, "norm": "seminorm", "first_step": 0.1}
+    assert SolverSpec(options={"max_num_steps": 50}).backward_options() is None  # odeint_adjoint inherits itself
+
+
 def test_run_dir_is_named_by_the_overrides():
     cfg = compose_config("task=toy", "solver=rk4", "trainer.epochs=2", "device=cpu", "trainer.progress=false",
                          hydra=True)

@@ -35,7 +35,11 @@ def test_train_smoke(tmp_path: Path, model: str, n_obs: int) -> None:
 
 
 @pytest.mark.smoke
-@pytest.mark.parametrize(("override", "key"), [("data.n_obs=101", "data.n_obs"), ("model=odenet", "model=")])
+@pytest.mark.parametrize(("override", "key"), [
+    ("data.n_obs=101", "data.n_obs"),
+    ("model=odenet", "model="),
+    ("data=mnist", "needs data=spiral"),
+])
 def test_bad_config_is_one_line(tmp_path: Path, override: str, key: str) -> None:
     done = run(tmp_path / "run", override)
     assert done.returncode != 0
