@@ -2,8 +2,11 @@
 
 Data (own generator in the spirit of the paper's reference code, same curves and scale):
   * Each spiral is a noise-free curve sampled on a shared grid of ``2 * n_points`` equally spaced times
-    ``t_k = k * dt`` (dt = 6*pi/999, the reference's step). The first ``n_points`` grid points are the
-    observed window; the second half exists only for evaluation.
+    ``t_k = k * dt``, dt = 6*pi/999 (1000 points over the 3 turns, the size the reference script declares;
+    its generator actually runs with its default of 500 points, twice this step). The first ``n_points``
+    grid points are the observed window; the second half exists only for evaluation. (With the 500-point
+    step the window and the extrapolation horizon each span 0.6 turns instead of 0.3; in quick-profile
+    runs the latent ODE then extrapolated 6-14x worse, docs/results.md.)
   * Archimedean spirals r = a + b*theta, theta = s + t, turning outwards: half counter-clockwise around
     (+5, 0), half clockwise (the mirror image x -> -x, around (-5, 0)). The start s is uniform in
     [0, 6*pi - 2*n_points*dt], so every spiral starts at a different point of the 3-turn curve.
@@ -38,7 +41,7 @@ from neuralode.models.rnn import SpiralRNN
 from neuralode.tasks.base import StepOutput
 
 TURNS_SPAN = 6 * math.pi
-GRID_STEP = TURNS_SPAN / 999  # the reference samples 1000 points over 6*pi; same step keeps its curve scale
+GRID_STEP = TURNS_SPAN / 999  # 1000 points over the 3 turns (see the module docstring)
 CENTRE = 5.0
 
 
