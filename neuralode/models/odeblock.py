@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from neuralode.solvers import SolveStats, odeint, odeint_adjoint
+from neuralode.solvers.adjoint import inherited_options
 
 
 @dataclass
@@ -46,7 +47,7 @@ class SolverSpec:
         """
         if not self.adjoint_options:
             return None
-        return {**{k: v for k, v in self.options.items() if k != "norm"}, **self.adjoint_options}
+        return {**inherited_options(self.options), **self.adjoint_options}
 
 
 class ODEBlock(nn.Module):

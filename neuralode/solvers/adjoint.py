@@ -117,6 +117,12 @@ class _AdjointFunction(torch.autograd.Function):
         return (None, a, grad_t, *grads_p)
 
 
+def inherited_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The forward options a same-method backward solve takes over: all but ``norm``, which is the
+    forward state's error norm and means nothing on the augmented adjoint state."""
+    return {k: v for k, v in (options or {}).items() if k != "norm"}
+
+
 def odeint_adjoint(func: Callable[[torch.Tensor, State], State], y0: State, t: torch.Tensor, rtol: float = 1e-7,
                    atol: float = 1e-9, method: str | None = None, options: Mapping[str, Any] | None = None,
                    adjoint_rtol: float | None = None, adjoint_atol: float | None = None,
@@ -144,8 +150,7 @@ def odeint_adjoint(func: Callable[[torch.Tensor, State], State], y0: State, t: t
     method = fwd.solver.tableau.name
     adj_method = method if adjoint_method is None else adjoint_method
     if adjoint_options is None:
-        adjoint_options = ({k: v for k, v in (options or {}).items() if k != "norm"}
-                           if adj_method == method else {})
+        adjoint_options = inherited_options(options) if adj_method == method else {}
     adjoint_options = dict(adjoint_options)
     adj_norm = adjoint_options.pop("norm", None)
     if adj_norm not in (None, "seminorm") and not callable(adj_norm):
