@@ -128,6 +128,7 @@ def rmse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> float:
 
 
 MODELS = ("latent_ode", "rnn", "rnn_dt")
+LR_SCHEDULES = ("exponential", "cosine")
 
 
 def build_model(model_cfg: Any, solver: SolverSpec) -> nn.Module:
@@ -146,16 +147,21 @@ class SpiralTask:
     """Trains one of latent_ode / rnn / rnn_dt on the spiral data; an "epoch" is ``iters_per_epoch`` minibatches."""
 
     def __init__(self, data: SpiralData, model: nn.Module, *, model_name: str, lr: float, batch_size: int,
-                 iters_per_epoch: int, lr_decay: float, n_figure_spirals: int, seed: int) -> None:
+                 iters_per_epoch: int, lr_decay: float, n_figure_spirals: int, seed: int,
+                 lr_schedule: str = "exponential", epochs: int = 1) -> None:
         if batch_size < 1 or iters_per_epoch < 1:
             raise ValueError(f"task.batch_size and task.iters_per_epoch must be >= 1, got {batch_size}, {iters_per_epoch}")
         if not 0 < lr_decay <= 1:
             raise ValueError(f"task.lr_decay must be in (0, 1] (per-epoch LR factor), got {lr_decay}")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"task.lr_schedule must be one of: {', '.join(LR_SCHEDULES)}; got {lr_schedule!r}")
         self.data = data
         self.model = model
         self.model_name = model_name
         self.lr = lr
         self.lr_decay = lr_decay
+        self.lr_schedule = lr_schedule
+        self.epochs = epochs
         self.batch_size = min(batch_size, len(data.train))
         self.iters_per_epoch = iters_per_epoch
         self.n_figure_spirals = n_figure_spirals
@@ -205,6 +211,10 @@ class SpiralTask:
 
     def configure_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
         opt = torch.optim.Adam(self.model.parameters(), lr=self.lr)
+        if self.lr_schedule == "cosine":
+            # Half a cosine from lr to 0 over the run: long near the reference's constant lr, then a
+            # smooth anneal, so the last epoch's model is not caught mid-fluctuation (docs/results.md).
+            return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs)
         sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=self.lr_decay) if self.lr_decay < 1 else None
         return opt, sched
 
@@ -272,4 +282,5 @@ def build(cfg: Any, device: torch.device) -> SpiralTask:
     tk = cfg.task
     return SpiralTask(data, model, model_name=str(cfg.model.name), lr=float(tk.lr), batch_size=int(tk.batch_size),
                       iters_per_epoch=int(tk.iters_per_epoch), lr_decay=float(tk.lr_decay),
-                      n_figure_spirals=int(tk.n_figure_spirals), seed=int(cfg.seed))
+                      n_figure_spirals=int(tk.n_figure_spirals), seed=int(cfg.seed),
+                      lr_schedule=str(tk.lr_schedule), epochs=int(cfg.trainer.epochs))

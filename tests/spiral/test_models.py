@@ -97,6 +97,25 @@ def test_task_step_and_evaluate(data) -> None:
     assert isinstance(opt, torch.optim.Adam) and sched is not None
 
 
+def test_cosine_schedule_anneals_to_zero_over_the_run(data) -> None:
+    task = SpiralTask(data, latent_ode(), model_name="latent_ode", lr=0.01, batch_size=8, iters_per_epoch=1,
+                      lr_decay=1.0, n_figure_spirals=2, seed=0, lr_schedule="cosine", epochs=4)
+    opt, sched = task.configure_optimizers()
+    lrs = []
+    for _ in range(4):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.01) and lrs[2] == pytest.approx(0.005)  # halfway: half the lr
+    assert all(a > b for a, b in zip(lrs, lrs[1:])) and opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_unknown_lr_schedule_is_one_clear_error(data) -> None:
+    with pytest.raises(ValueError, match="task.lr_schedule must be one of: exponential, cosine"):
+        SpiralTask(data, latent_ode(), model_name="latent_ode", lr=0.01, batch_size=8, iters_per_epoch=1,
+                   lr_decay=1.0, n_figure_spirals=2, seed=0, lr_schedule="step")
+
+
 def test_unknown_cell_is_one_clear_error() -> None:
     with pytest.raises(ValueError, match="model.cell"):
         SpiralRNN(cell="lstm")
