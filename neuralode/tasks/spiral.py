@@ -148,13 +148,15 @@ class SpiralTask:
 
     def __init__(self, data: SpiralData, model: nn.Module, *, model_name: str, lr: float, batch_size: int,
                  iters_per_epoch: int, lr_decay: float, n_figure_spirals: int, seed: int,
-                 lr_schedule: str = "exponential", epochs: int = 1) -> None:
+                 lr_schedule: str = "exponential", lr_hold: float = 0.0, epochs: int = 1) -> None:
         if batch_size < 1 or iters_per_epoch < 1:
             raise ValueError(f"task.batch_size and task.iters_per_epoch must be >= 1, got {batch_size}, {iters_per_epoch}")
         if not 0 < lr_decay <= 1:
             raise ValueError(f"task.lr_decay must be in (0, 1] (per-epoch LR factor), got {lr_decay}")
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"task.lr_schedule must be one of: {', '.join(LR_SCHEDULES)}; got {lr_schedule!r}")
+        if not 0 <= lr_hold < 1:
+            raise ValueError(f"task.lr_hold is the fraction of trainer.epochs at the initial lr, in [0, 1); got {lr_hold}")
         self.data = data
         self.model = model
         self.model_name = model_name
@@ -162,6 +164,7 @@ class SpiralTask:
         self.lr_decay = lr_decay
         self.lr_schedule = lr_schedule
         self.epochs = epochs
+        self.hold_epochs = round(lr_hold * epochs)
         self.batch_size = min(batch_size, len(data.train))
         self.iters_per_epoch = iters_per_epoch
         self.n_figure_spirals = n_figure_spirals
@@ -209,14 +212,19 @@ class SpiralTask:
             "test_rmse_extrap": rmse(pred[:, half:], truth[:, half:], scored[:, half:]),
         }
 
-    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
         opt = torch.optim.Adam(self.model.parameters(), lr=self.lr)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, self.lr_factor)
+
+    def lr_factor(self, completed_epochs: int) -> float:
+        """LR multiplier for the epoch after ``completed_epochs``: held at 1 for the first ``hold_epochs``,
+        then x``lr_decay`` per epoch (exponential) or half a cosine down to 0 at the last epoch (cosine)."""
+        k = completed_epochs - self.hold_epochs
+        if k <= 0:
+            return 1.0
         if self.lr_schedule == "cosine":
-            # Half a cosine from lr to 0 over the run: long near the reference's constant lr, then a
-            # smooth anneal, so the last epoch's model is not caught mid-fluctuation (docs/results.md).
-            return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs)
-        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=self.lr_decay) if self.lr_decay < 1 else None
-        return opt, sched
+            return 0.5 * (1 + math.cos(math.pi * k / (self.epochs - self.hold_epochs)))
+        return self.lr_decay**k
 
     def save_figures(self, out_dir: Path) -> list[Path]:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -283,4 +291,4 @@ def build(cfg: Any, device: torch.device) -> SpiralTask:
     return SpiralTask(data, model, model_name=str(cfg.model.name), lr=float(tk.lr), batch_size=int(tk.batch_size),
                       iters_per_epoch=int(tk.iters_per_epoch), lr_decay=float(tk.lr_decay),
                       n_figure_spirals=int(tk.n_figure_spirals), seed=int(cfg.seed),
-                      lr_schedule=str(tk.lr_schedule), epochs=int(cfg.trainer.epochs))
+                      lr_schedule=str(tk.lr_schedule), lr_hold=float(tk.lr_hold), epochs=int(cfg.trainer.epochs))

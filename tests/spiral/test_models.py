@@ -110,6 +110,14 @@ def test_cosine_schedule_anneals_to_zero_over_the_run(data) -> None:
     assert all(a > b for a, b in zip(lrs, lrs[1:])) and opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.parametrize(("schedule", "decay", "expected"), [("cosine", 1.0, [1, 1, 1, 0.5, 0]),
+                                                              ("exponential", 0.5, [1, 1, 1, 0.5, 0.25])])
+def test_lr_hold_keeps_the_initial_lr_for_its_fraction_of_the_epochs(data, schedule, decay, expected) -> None:
+    task = SpiralTask(data, latent_ode(), model_name="latent_ode", lr=0.01, batch_size=8, iters_per_epoch=1,
+                      lr_decay=decay, n_figure_spirals=2, seed=0, lr_schedule=schedule, lr_hold=0.5, epochs=4)
+    assert [task.lr_factor(k) for k in range(5)] == pytest.approx(expected, abs=1e-12)
+
+
 def test_unknown_lr_schedule_is_one_clear_error(data) -> None:
     with pytest.raises(ValueError, match="task.lr_schedule must be one of: exponential, cosine"):
         SpiralTask(data, latent_ode(), model_name="latent_ode", lr=0.01, batch_size=8, iters_per_epoch=1,
