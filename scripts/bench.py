@@ -322,6 +322,15 @@ def cuda_peak_mb(fn: Callable[[], object], device: torch.device) -> float:
     return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
+def prime_torch(device: torch.device) -> None:
+    """Pay torch's one-off, per-process costs before any case: the first ``torch.autograd.grad`` call imports
+    torch.fx's symbolic shapes and sympy (0.5-0.8 s on this CPU), which would otherwise land on whichever
+    library a case with ``--warmup 0`` runs first (ours, in the first round)."""
+    x = torch.ones(2, device=device, requires_grad=True)
+    torch.autograd.grad((x * x).sum(), x, torch.ones((), device=device))
+    _sync(device)
+
+
 def run_case(c: Case, device: torch.device, quick: bool, warmup: int, repeats: int) -> dict:
     w = c.build(device, quick, c.adjoint)
     reset = w.reset or (lambda: None)
@@ -411,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
                       "warmup": warmup, "device_name": torch.cuda.get_device_name(device)
                       if device.type == "cuda" else platform.processor() or platform.machine()}),
           file=sys.stderr, flush=True)
+    prime_torch(device)
     for c in CASES:
         if c.name in names and args.adjoint in ("both", str(c.adjoint).lower()):
             print(json.dumps(run_case(c, device, args.quick, warmup, repeats)), flush=True)
