@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 # Config keys that may differ between a checkpoint and the command resuming it: where the data lives,
 # the device, and how the trainer reports and how long it runs.
 _RESUME_FREE = {"device", "trainer", "profile", "data.root", "data.download", "data.cache_dir"}
+# Keys added after run dirs already existed, with the value that reproduces those runs: a checkpoint saved
+# without the key resumes under that value (and is refused under any other).
+_ADDED_KEYS: dict[str, Any] = {"task.lr_cycles": 1}
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -61,6 +64,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         optimizer.load_state_dict(ckpt["optimizer"])
         if scheduler is not None and ckpt.get("scheduler") is not None:
             scheduler.load_state_dict(ckpt["scheduler"])
+            _lr_from_schedule(optimizer, scheduler)
         set_rng_state(ckpt["rng"])
         done = ckpt["epoch"]
         metrics_file.truncate(done)
@@ -165,13 +169,21 @@ def _summary(record: dict[str, Any], epochs: int) -> str:
             f"  mem {record['peak_memory_mb']:.1f} MB  {record['epoch_time_s']:.1f} s  lr {record['lr']:.3g}")
 
 
+def _lr_from_schedule(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """A resumed run may have raised trainer.epochs, which moves a LambdaLR schedule (cosine, cycles), so the
+    next epoch's lr comes from the schedule, not the checkpoint (the same value when nothing changed)."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        for group, base_lr, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base_lr * factor(scheduler.last_epoch)
+
+
 def _check_same_run(saved: dict[str, Any], current: dict[str, Any], run_dir: Path, prefix: str = "") -> None:
     """Refuse to resume a checkpoint of a different experiment (possible only with an explicit hydra.run.dir)."""
     for key in sorted(set(saved) | set(current)):
         name = prefix + key
         if name in _RESUME_FREE:
             continue
-        old, new = saved.get(key), current.get(key)
+        old, new = saved.get(key, _ADDED_KEYS.get(name)), current.get(key)
         if isinstance(old, dict) and isinstance(new, dict):
             _check_same_run(old, new, run_dir, name + ".")
         elif old != new:
