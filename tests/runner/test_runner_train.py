@@ -13,6 +13,8 @@ from neuralode.utils.checkpoint import CheckpointError, load_checkpoint, save_ch
 from neuralode.utils.memory import PeakMemory
 from neuralode.utils.metrics import MetricsFile
 
+# The spiral task at smoke size with the RNN (no ODE solve): seconds, and its schedule is a LambdaLR.
+SPIRAL_RNN = ("task=spiral", "profile=smoke", "model=rnn", "trainer.progress=false", "device=cpu")
 REQUIRED = {"epoch", "train_loss", "train_rmse", "test_rmse", "nfe_forward", "nfe_backward", "nfe_eval",
             "peak_memory_mb", "peak_memory_kind", "epoch_time_s", "eval_time_s", "lr"}
 
@@ -69,8 +71,7 @@ def test_finished_run_is_not_retrained(train_toy):
 def test_extended_run_resumes_on_the_extended_lr_schedule(tmp_path):
     """Raising trainer.epochs stretches a cosine schedule: epoch 3 of 4 trains at half the lr, not at the
     lr the 2-epoch schedule would have moved on to."""
-    spiral = ("task=spiral", "profile=smoke", "model=rnn", "task.lr=0.01", "task.lr_schedule=cosine",
-              "trainer.progress=false", "device=cpu")
+    spiral = (*SPIRAL_RNN, "task.lr=0.01", "task.lr_schedule=cosine")
     train(compose_config(*spiral, "trainer.epochs=2"), tmp_path)
     train(compose_config(*spiral, "trainer.epochs=4"), tmp_path)
     lrs = [r["lr"] for r in MetricsFile(tmp_path / "metrics.jsonl").records()]
@@ -78,15 +79,14 @@ def test_extended_run_resumes_on_the_extended_lr_schedule(tmp_path):
 
 
 def test_checkpoint_from_before_an_added_key_resumes_under_its_old_value(tmp_path):
-    spiral = ("task=spiral", "profile=smoke", "model=rnn", "trainer.progress=false", "device=cpu")
-    train(compose_config(*spiral, "trainer.epochs=1"), tmp_path)
+    train(compose_config(*SPIRAL_RNN, "trainer.epochs=1"), tmp_path)
     ckpt_path = tmp_path / "checkpoints" / "last.pt"
     ckpt = load_checkpoint(ckpt_path)
     del ckpt["config"]["task"]["lr_cycles"]  # as saved before the key existed
     save_checkpoint(ckpt_path, ckpt)
     with pytest.raises(ConfigError, match=r"another run \(task.lr_cycles: 1 there, 2 now\)"):
-        train(compose_config(*spiral, "trainer.epochs=2", "task.lr_cycles=2"), tmp_path)
-    train(compose_config(*spiral, "trainer.epochs=2"), tmp_path)
+        train(compose_config(*SPIRAL_RNN, "trainer.epochs=2", "task.lr_cycles=2"), tmp_path)
+    train(compose_config(*SPIRAL_RNN, "trainer.epochs=2"), tmp_path)
     assert [r["epoch"] for r in MetricsFile(tmp_path / "metrics.jsonl").records()] == [1, 2]
 
 
