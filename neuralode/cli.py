@@ -43,6 +43,7 @@ _USER_ERRORS = (HydraException, OmegaConfBaseException, ValueError, FileNotFound
 
 def _train_app(cfg: DictConfig) -> None:
     from neuralode.train import train  # imported here: TensorBoard & co. load only for this command
+    from neuralode.utils.interrupt import Interrupted
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -54,6 +55,11 @@ def _train_app(cfg: DictConfig) -> None:
         else:
             with _reported("neuralode train"):
                 train(cfg, run_dir)
+    except Interrupted as e:
+        # Stops a sweep too: SystemExit is not an Exception, so Hydra's launcher does not record and go on.
+        _remove_if_unused(run_dir)
+        print(f"neuralode train: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
     except (SystemExit, *_USER_ERRORS):
         _remove_if_unused(run_dir)
         raise

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from neuralode.evaluate import measure_evaluation, synchronize
 from neuralode.models.odeblock import collect_solve_stats, reset_solve_stats
 from neuralode.tasks import Task
 from neuralode.utils.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from neuralode.utils.interrupt import StopSignals
 from neuralode.utils.memory import PeakMemory
 from neuralode.utils.metrics import MetricsFile, TensorBoardLog
 from neuralode.utils.runtime import build_task_from_config, preserved_rng, resolve_device, seed_everything
@@ -43,9 +45,16 @@ _ADDED_KEYS: dict[str, Any] = {"task.lr_cycles": 1}
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Train ``cfg.task`` into ``run_dir`` (resuming when it holds a checkpoint); return the last epoch's metrics."""
+    """Train ``cfg.task`` into ``run_dir`` (resuming when it holds a checkpoint); return the last epoch's metrics.
+
+    SIGINT/SIGTERM stop it at the next safe point with :class:`~neuralode.utils.interrupt.Interrupted`.
+    """
     validate(cfg)
-    run_dir = Path(run_dir)
+    with StopSignals() as stop:
+        return _train(cfg, Path(run_dir), stop)
+
+
+def _train(cfg: DictConfig, run_dir: Path, stop: StopSignals) -> dict[str, Any]:
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     device = resolve_device(cfg.device)
@@ -73,14 +82,18 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         metrics_file.path.unlink(missing_ok=True)  # a fresh start must not append to an older run's lines
 
     epochs = cfg.trainer.epochs
+    per_step = getattr(task, "lr_interval", "epoch") == "step"
     tb = TensorBoardLog(run_dir, first_epoch=done + 1)
     record: dict[str, Any] = (metrics_file.records() or [{}])[-1] if done else {}
+    resume_hint = f"run the same command to resume ({ckpt_path} is kept)"
     try:
         for epoch in range(done + 1, epochs + 1):
-            record = _run_epoch(task, optimizer, epoch, epochs, device, cfg.trainer.progress)
+            record = _run_epoch(task, optimizer, scheduler if per_step else None, epoch, epochs, device,
+                                cfg.trainer.progress,
+                                lambda: stop.check(f"during epoch {epoch}/{epochs}, which is dropped; {resume_hint}"))
             metrics_file.append(record)
             tb.scalars(record, epoch)
-            if scheduler is not None:
+            if scheduler is not None and not per_step:
                 scheduler.step()
             save_checkpoint(ckpt_path, {
                 "model": task.model.state_dict(),
@@ -92,6 +105,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 "metrics": record,
             })
             log.info(_summary(record, epochs))
+            if epoch < epochs:
+                stop.check(f"after epoch {epoch}/{epochs}; {resume_hint}")
             if cfg.trainer.figures_every and epoch % cfg.trainer.figures_every == 0 and epoch < epochs:
                 _save_figures(task, run_dir)
         if done >= epochs:
@@ -105,9 +120,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return record
 
 
-def _run_epoch(task: Task, optimizer: torch.optim.Optimizer, epoch: int, epochs: int, device: torch.device,
-               progress: bool) -> dict[str, Any]:
-    """One pass over the task's training batches, then its evaluation; returns the metrics.jsonl record."""
+def _run_epoch(task: Task, optimizer: torch.optim.Optimizer, step_scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+               epoch: int, epochs: int, device: torch.device, progress: bool,
+               check_stop: Callable[[], None]) -> dict[str, Any]:
+    """One pass over the task's training batches, then its evaluation; returns the metrics.jsonl record.
+
+    ``step_scheduler`` (tasks whose ``lr_interval`` is ``"step"``) advances after every optimiser step;
+    the record's ``lr`` is then the epoch's first. ``check_stop`` runs after every batch.
+    """
     model = task.model
     model.train()
     reset_solve_stats(model)
@@ -127,6 +147,9 @@ def _run_epoch(task: Task, optimizer: torch.optim.Optimizer, epoch: int, epochs:
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             optimizer.step()
+            if step_scheduler is not None:
+                step_scheduler.step()
+            check_stop()
             loss = out.loss.item()
             sums["train_loss"] += loss * out.batch_size
             for key, value in out.metrics.items():

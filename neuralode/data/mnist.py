@@ -26,6 +26,7 @@ DATASETS: dict[str, type[torchvision.datasets.MNIST]] = {
     "mnist": torchvision.datasets.MNIST,
     "fashion_mnist": torchvision.datasets.FashionMNIST,
 }
+IMAGE_DATASETS = (*DATASETS, "digits")  # digits: neuralode/data/digits.py, embedded in scikit-learn
 _STEMS = {
     True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -46,7 +47,8 @@ class Split:
 
 
 def _find_file(folder: Path, stem: str) -> Path | None:
-    for name in (stem, stem + ".gz"):
+    dotted = stem.replace("-idx", ".idx")  # some mirrors name them train-images.idx3-ubyte
+    for name in (stem, stem + ".gz", dotted, dotted + ".gz"):
         if (folder / name).is_file():
             return folder / name
     return None
@@ -86,11 +88,22 @@ def _download(name: str, root: Path | None, cache_dir: Path) -> None:
         ) from e
 
 
+def class_names(name: str) -> list[str]:
+    if name == "digits":
+        from neuralode.data.digits import CLASSES
+        return list(CLASSES)
+    return list(DATASETS[name].classes)
+
+
 def load_split(name: str, train: bool, root: str | Path | None, cache_dir: str | Path,
                download: bool) -> Split:
-    """Load one split of ``name`` (``mnist`` | ``fashion_mnist``), downloading it if allowed and missing."""
+    """Load one split of ``name`` (``mnist`` | ``fashion_mnist`` | ``digits``), downloading it if allowed and
+    missing; ``digits`` ships inside scikit-learn and ignores the location arguments."""
+    if name == "digits":
+        from neuralode.data.digits import load_digits_split
+        return load_digits_split(train)
     if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(IMAGE_DATASETS)}")
     root_p = None if root is None else Path(root).expanduser().resolve()
     cache_p = Path(cache_dir).expanduser().resolve()
     if root_p is not None and not root_p.is_dir() and not download:

@@ -6,7 +6,9 @@ For each tolerance we re-solve the trained ODE block on one fixed test batch and
   (and of the logits) against a tight-tolerance float64 solve of the same block on the same input;
 * backward NFE of one forward+backward pass (cross-entropy on the batch) through the adjoint.
 
-Panel (d), forward NFE over training, comes from the run's ``metrics.jsonl``. Measurements are saved
+Panel (d), forward NFE over training, comes from the run's ``metrics.jsonl``. Beside the figure, the test
+accuracy over many test images (all of them by default) at each of a few tolerances: the paper's
+test-time trade-off of accuracy for speed. Measurements are saved
 as JSON so the report (and the plot) can be rebuilt without the checkpoint.
 
     python -m neuralode.report.figure3 <run dir or last.pt> [--out figure3.json] [--png figure3.png]
@@ -165,6 +167,33 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tolerances: Sequ
     }
 
 
+@torch.no_grad()
+def accuracy_by_tolerance(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                          tolerances: Sequence[float], batch_size: int = 1000,
+                          progress: bool = True) -> list[dict[str, float]]:
+    """Test accuracy, mean forward NFE per batch and wall time over ``images`` at each tolerance."""
+    model.eval()
+    rows = []
+    for tol in tolerances:
+        set_tolerance(model, tol)
+        reset_solve_stats(model)
+        correct, batches = 0, 0
+        _sync(images)
+        t0 = time.perf_counter()
+        for i in range(0, len(images), batch_size):
+            correct += int((model(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum())
+            batches += 1
+        _sync(images)
+        rows.append({"tol": float(tol), "accuracy": correct / len(images),
+                     "nfe_forward": collect_solve_stats(model).nfe_forward / batches,
+                     "time_s": time.perf_counter() - t0})
+        if progress:
+            r = rows[-1]
+            print(f"  figure3 accuracy tol={tol:.0e}: {r['accuracy']:.2%} on {len(images)} images, "
+                  f"NFE {r['nfe_forward']:.1f}, {r['time_s']:.1f} s", flush=True)
+    return rows
+
+
 def verdict(data: dict[str, Any]) -> str:
     """One honest sentence on the paper's claim that backward NFE is about half of forward NFE."""
     r = data.get("backward_over_forward", {}) or {}
@@ -249,9 +278,10 @@ def plot(data: dict[str, Any] | None, nfe_over_epochs: tuple[Sequence[float], Se
     return shrink_png(out_png)
 
 
-def load_odenet(checkpoint: str | Path, batch_size: int, device: str = "cpu",
+def load_odenet(checkpoint: str | Path, batch_size: int | None, device: str = "cpu",
                 data: dict[str, Any] | None = None) -> tuple[nn.Module, torch.Tensor, torch.Tensor, dict[str, Any]]:
-    """The trained model of an MNIST ODE-Net checkpoint and its first ``batch_size`` test images and labels."""
+    """The trained model of an MNIST ODE-Net checkpoint and its first ``batch_size`` test images (all: None)
+    and labels."""
     from omegaconf import OmegaConf
 
     from neuralode.utils.checkpoint import checkpoint_path, load_checkpoint
@@ -284,23 +314,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tolerances", type=float, nargs="+", default=list(DEFAULT_TOLERANCES))
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3, help="forward passes timed per tolerance (median)")
+    parser.add_argument("--accuracy-tolerances", type=float, nargs="*", default=[1e-1, 1e-2, 1e-3, 1e-4, 1e-5],
+                        help="tolerances of the accuracy table (none: skip it)")
+    parser.add_argument("--accuracy-images", type=int, help="test images of the accuracy table (default: all)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
     parser.add_argument("--data-root", help="data.root override if the data moved since training")
     args = parser.parse_args(argv)
-    if args.batch_size < 1 or args.repeats < 1 or any(t <= 0 for t in args.tolerances):
+    if args.batch_size < 1 or args.repeats < 1 or any(t <= 0 for t in args.tolerances + args.accuracy_tolerances):
         parser.error("--batch-size and --repeats must be >= 1 and every tolerance > 0")
+    if args.accuracy_images is not None and args.accuracy_images < 1:
+        parser.error("--accuracy-images must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        model, x, y, info = load_odenet(args.checkpoint, args.batch_size, args.device,
-                                        {"root": args.data_root} if args.data_root else None)
+        model, images, labels, info = load_odenet(args.checkpoint, None, args.device,
+                                                  {"root": args.data_root} if args.data_root else None)
     except ValueError as e:  # CheckpointError, DataError, ConfigError are all ValueErrors with one clear line
         print(f"error: {e}", file=sys.stderr)
         return 2
+    x, y = images[:args.batch_size], labels[:args.batch_size]
     print(f"figure3: {info['model']} on {info['data']} (epoch {info['epoch']}), batch {x.shape[0]}, "
           f"{len(args.tolerances)} tolerances", flush=True)
     data = {**info, **measure(model, x, y, args.tolerances, repeats=args.repeats)}
+    n_acc = args.accuracy_images or len(images)
+    data["accuracy_images"] = n_acc
+    data["accuracy_by_tolerance"] = accuracy_by_tolerance(model, images[:n_acc], labels[:n_acc],
+                                                          args.accuracy_tolerances)
     run_dir = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent.parent
     out = args.out or run_dir / "figure3.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -2,8 +2,11 @@
 
     python -m neuralode.report.reproduce --profile smoke|quick|full --report-dir DIR [--no-train]
 
-Each run is one ``neuralode train`` subprocess (its own progress bars stream through) writing into
-``<runs dir>/<key>``. A run whose ``metrics.jsonl`` already holds every epoch is skipped, and an
+Each run is one ``neuralode train`` subprocess writing into ``<runs dir>/<key>``; with ``--jobs 1`` its
+progress bars stream through, with ``--jobs N`` N runs train at once (each with its share of the CPU
+threads) and each run's output goes to ``<runs dir>/logs/<key>.log``. On a CPU two one-thread runs get
+through more work than one two-thread run: these models' small convolutions gain little from a second
+thread. A run whose ``metrics.jsonl`` already holds every epoch is skipped, and an
 interrupted one resumes from its checkpoint, so rerunning the same command continues where it stopped.
 A failed run is recorded and the others still run; the exit code is 1 if any failed. ``--no-train``
 only rebuilds the report from what is on disk.
@@ -12,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -100,10 +105,13 @@ def _fmt_s(seconds: float) -> str:
 class Reproduction:
     """Runs the plan in order, logging each run's outcome to ``<runs dir>/reproduce.json``."""
 
-    def __init__(self, profile: str, runs_dir: Path, data: DataChoice, command: str, threads: int | None) -> None:
+    def __init__(self, profile: str, runs_dir: Path, data: DataChoice, command: str, threads: int | None,
+                 jobs: int = 1) -> None:
         self.profile, self.runs_dir = profile, runs_dir
         self.plan = build_plan(profile, data)
-        self.threads = threads
+        self.jobs = jobs
+        # N runs at once share the cores: each gets its share of threads unless --threads says otherwise.
+        self.threads = threads or (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None)
         self.state: dict[str, Any] = writer.read_state(runs_dir)
         self.state.update({"profile": profile, "command": command, "machine": writer.machine_info(),
                            "data": {"name": data.name, "root": data.root, "note": data.note}})
@@ -119,42 +127,86 @@ class Reproduction:
     def _log(self, msg: str) -> None:
         print(f"[reproduce {_fmt_s(time.perf_counter() - self.start)}] {msg}", flush=True)
 
-    def _execute(self, key: str, cmd: list[str], shown: str, i: int, n: int) -> bool:
-        self._log(f"[{i}/{n}] {key}: {shown}")
-        t0 = time.perf_counter()
-        rc = subprocess.call(cmd)
-        secs = time.perf_counter() - t0
+    def _start(self, key: str, cmd: list[str], shown: str, i: int, n: int, log_file: Path | None) -> subprocess.Popen:
+        self._log(f"[{i}/{n}] {key}: {shown}" + (f"  (output: {log_file})" if log_file else ""))
+        if log_file is None:
+            return subprocess.Popen(cmd, start_new_session=True)
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_file, "a") as out:
+            return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def _finish(self, key: str, rc: int, secs: float, shown: str, i: int, n: int) -> bool:
         status = "ok" if rc == 0 else "failed"
         self.state["runs"][key] = {"status": status, "rc": rc, "seconds": round(secs, 1), "command": shown}
         self.save_state()
         self._log(f"[{i}/{n}] {key}: {status} in {_fmt_s(secs)}" + ("" if rc == 0 else f" (exit code {rc})"))
         return rc == 0
 
+    def _execute(self, key: str, cmd: list[str], shown: str, i: int, n: int) -> bool:
+        t0 = time.perf_counter()
+        proc = self._start(key, cmd, shown, i, n, None)
+        try:
+            rc = proc.wait()
+        except KeyboardInterrupt:
+            proc.send_signal(signal.SIGINT)
+            proc.wait()
+            raise
+        return self._finish(key, rc, time.perf_counter() - t0, shown, i, n)
+
     def train_all(self) -> list[str]:
-        """Train (or resume, or skip) every run, then measure Figure 3; returns the keys that failed."""
+        """Train (or resume, or skip) every run, ``jobs`` at a time, then measure Figure 3 (on every thread);
+        returns the keys that failed."""
         started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         executed = False
         failed: list[str] = []
         n = len(self.plan) + 1  # + the Figure 3 measurement
         extra = [f"trainer.threads={self.threads}"] if self.threads else []
-        for i, run in enumerate(self.plan, 1):
-            run_dir = self.runs_dir / run.key
-            if is_complete(run, run_dir):
-                self._log(f"[{i}/{n}] {run.key}: complete, skipped")
-                self.state["runs"][run.key] = {**self.state["runs"].get(run.key, {}), "status": "ok"}
-                continue
-            if not executed:  # the report's dates are those of the invocation that last trained something
-                self.state["started"], executed = started, True
-            args = run.command(str(run_dir)) + extra
-            shown = writer.command_line(run, self.runs_dir)
-            if not self._execute(run.key, neuralode_command() + args, shown, i, n):
-                failed.append(run.key)
+        if self.jobs > 1:
+            extra.append("trainer.progress=false")
+        running: dict[str, tuple[subprocess.Popen, float, str, int]] = {}
+
+        def reap(block: bool) -> None:
+            while running and (block or len(running) >= self.jobs):
+                for key, (proc, t0, shown, i) in list(running.items()):
+                    if proc.poll() is not None:
+                        del running[key]
+                        if not self._finish(key, proc.returncode, time.perf_counter() - t0, shown, i, n):
+                            failed.append(key)
+                if running and (block or len(running) >= self.jobs):
+                    time.sleep(0.2)
+
+        try:
+            for i, run in enumerate(self.plan, 1):
+                run_dir = self.runs_dir / run.key
+                if is_complete(run, run_dir):
+                    self._log(f"[{i}/{n}] {run.key}: complete, skipped")
+                    self.state["runs"][run.key] = {**self.state["runs"].get(run.key, {}), "status": "ok"}
+                    continue
+                if not executed:  # the report's dates are those of the invocation that last trained something
+                    self.state["started"], executed = started, True
+                reap(block=False)
+                cmd = neuralode_command() + run.command(str(run_dir)) + extra
+                shown = writer.command_line(run, self.runs_dir)
+                log_file = self.runs_dir / "logs" / f"{run.key.replace('/', '_')}.log" if self.jobs > 1 else None
+                running[run.key] = (self._start(run.key, cmd, shown, i, n, log_file), time.perf_counter(), shown, i)
+            reap(block=True)
+            failed.sort(key=[r.key for r in self.plan].index)  # parallel runs finish in any order
+        finally:  # interrupted: the runs stop at their next safe point, keeping their checkpoints
+            # Each run is in its own session (so a terminal's Ctrl-C reaches only this process): it gets
+            # exactly one SIGINT, from here.
+            for proc, *_ in running.values():
+                proc.send_signal(signal.SIGINT)
+            for proc, *_ in running.values():
+                proc.wait()
         if not self._figure3(n):
             failed.append("figure3")
         if executed:
             self.state["finished"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         # Compute time of the runs as they are on disk, resumed runs included.
         self.state["train_seconds"] = round(sum(v.get("seconds", 0.0) for v in self.state["runs"].values()), 1)
+        if executed:
+            self.state["wall_seconds"] = round(self.state.get("wall_seconds", 0.0) + time.perf_counter() - self.start, 1)
+            self.state["jobs"] = self.jobs
         self.save_state()
         return failed
 
@@ -171,11 +223,17 @@ class Reproduction:
         spec = check_profile(self.profile)
         args = [str(run_dir), "--out", str(out), "--batch-size", str(spec.figure3_batch),
                 "--repeats", str(spec.figure3_repeats),
+                "--accuracy-tolerances", *(f"{t:g}" for t in spec.figure3_accuracy_tolerances),
                 "--tolerances", *(f"{t:g}" for t in spec.figure3_tolerances)]
-        if self.threads:
+        if self.threads and self.jobs == 1:
             args += ["--threads", str(self.threads)]
         shown = "python -m neuralode.report.figure3 " + " ".join(shlex.quote(a) for a in args)
         return self._execute("figure3", [sys.executable, "-m", "neuralode.report.figure3", *args], shown, i, i)
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    """SIGTERM stops the reproduction as Ctrl-C does: the running trainings are told to stop and kept."""
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,14 +246,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default="auto", choices=("auto", "mnist", "fashion_mnist"), help="Table 1 data set: auto (MNIST if available, else offline "
                         "Fashion-MNIST), mnist or fashion_mnist")
     parser.add_argument("--data-root", help="data.root for Table 1 (a folder with the four IDX files)")
-    parser.add_argument("--threads", type=int, help="torch threads per run (trainer.threads)")
+    parser.add_argument("--threads", type=int, help="torch threads per run (trainer.threads); default: "
+                        "torch's own with --jobs 1, else the CPU count divided by --jobs")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (default 1)")
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be >= 1")
+    if args.jobs < 1:
+        parser.error("--jobs must be >= 1")
     report_dir = args.report_dir or Path(f"outputs/report-{args.profile}")
     runs_dir = args.runs_dir or Path(f"outputs/reproduce/{args.profile}")
     extra = [f"{flag} {value}" for flag, value in (("--runs-dir", args.runs_dir), ("--data-root", args.data_root),
                                                    ("--threads", args.threads)) if value is not None]
+    extra += [f"--jobs {args.jobs}"] if args.jobs != 1 else []
     extra += [f"--data {args.data}"] if args.data != "auto" else []
     command = (f"make {'report' if args.no_train else 'reproduce'} PROFILE={args.profile} REPORT_DIR={report_dir}"
                + (f' ARGS="{" ".join(extra)}"' if extra else ""))
@@ -209,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         data = detect_data(args.data, args.data_root)
         print(f"[reproduce] profile {args.profile}: image data set {data.name}"
               + (f" ({data.note})" if data.note else ""), flush=True)
-        rep = Reproduction(args.profile, runs_dir, data, command, args.threads)
+        rep = Reproduction(args.profile, runs_dir, data, command, args.threads, args.jobs)
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             failed = rep.train_all()
         except KeyboardInterrupt:

@@ -109,8 +109,10 @@ def write_report(profile: str, plan: list[Run], runs_dir: Path, report_dir: Path
         "",
         f"- **Report written:** {now}",
         f"- **Training:** "
-        + (f"{state['train_seconds'] / 60:.1f} min of training and measurement in all (per run below); "
-           if "train_seconds" in state else "")
+        + (f"{state['wall_seconds'] / 60:.1f} min of wall time (every invocation that trained, summed); "
+           if "wall_seconds" in state else "")
+        + (f"{state['train_seconds'] / 60:.1f} min of training and measurement in all runs together "
+           f"({state.get('jobs', 1)} at a time; per run below); " if "train_seconds" in state else "")
         + f"last session {state.get('started', 'unknown')} to {state.get('finished', 'unknown')}",
         f"- **Profile:** `{profile}` ({_profile_blurb(profile)})",
         f"- **Machine:** {machine.get('processor')}, {machine.get('cpus')} CPUs"
@@ -159,8 +161,12 @@ def write_report(profile: str, plan: list[Run], runs_dir: Path, report_dir: Path
                 f"logits) against a float64 solve at tol {f3['reference_tol']:.0e}; time = median forward pass; "
                 "backward NFE from one forward+backward (adjoint) pass at the same tolerance.", "",
                 _figure3_table(f3), "",
-                f"**Backward vs forward NFE:** {figure3.verdict(f3)}", "",
-                " ".join(figure3.observations(f3, nfe_epochs)), ""]
+                f"**Backward vs forward NFE:** {figure3.verdict(f3)}", ""]
+        if f3.get("accuracy_by_tolerance"):
+            out += [f"Test accuracy against the test-time tolerance (dopri5, the first {f3['accuracy_images']} "
+                    "test images in batches of 1000; the model was trained at the task's default tolerance):", "",
+                    _accuracy_table(f3["accuracy_by_tolerance"]), ""]
+        out += [" ".join(figure3.observations(f3, nfe_epochs)), ""]
     else:
         out += [f"_Figure 3 measurements missing ({f3_path} not found); panel (d) uses metrics.jsonl only._", ""]
     out += ["Paper's claims: " + " ".join(paper.FIGURE3_CLAIMS), ""]
@@ -258,6 +264,12 @@ def _figure3_table(f3: dict[str, Any]) -> str:
              f"{r['accuracy'] * 100:.1f}%"] for r in f3["rows"]]
     return tables.markdown_table(["tol", "NFE fwd", "NFE bwd", "bwd/fwd", "error h(1)", "error logits",
                                   "fwd time ms", "batch acc"], rows)
+
+
+def _accuracy_table(rows: list[dict[str, float]]) -> str:
+    return tables.markdown_table(["tol", "test accuracy", "NFE fwd per batch", "time s"],
+                                 [[f"{r['tol']:.0e}", f"{r['accuracy'] * 100:.2f}%", f"{r['nfe_forward']:.1f}",
+                                   f"{r['time_s']:.1f}"] for r in rows])
 
 
 def _fig5_table(f5: dict[tuple[str, str, int], RunSummary]) -> str:

@@ -27,6 +27,9 @@ class Task(Protocol):
     """
 
     model: nn.Module
+    # Optional: "step" makes the trainer advance the LR scheduler after every optimiser step; absent or
+    # "epoch", after every epoch.
+    lr_interval: str
 
     def train_batches(self, epoch: int) -> Iterable[Any]:
         """Batches (already on the task's device) for training epoch ``epoch`` (1-based).
@@ -45,7 +48,7 @@ class Task(Protocol):
         ...
 
     def configure_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
-        """Optimiser and an optional per-epoch LR scheduler, as the paper's reference code trains this task."""
+        """Optimiser and an optional LR scheduler (stepped as ``lr_interval`` says), as this task trains."""
         ...
 
     def save_figures(self, out_dir: Path) -> list[Path]:

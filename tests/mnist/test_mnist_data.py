@@ -112,3 +112,26 @@ def test_mismatched_files_are_reported(tmp_path: Path) -> None:
     write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.zeros(3, np.uint8))
     with pytest.raises(DataError, match="expected uint8 images"):
         load_split("mnist", False, folder, tmp_path / "cache", download=False)
+
+
+def test_dotted_idx_names_are_found(tmp_path: Path) -> None:
+    """Some mirrors name the files train-images.idx3-ubyte (a dot before "idx")."""
+    folder = write_dataset(tmp_path / "plain", gz=False)
+    for f in list(folder.iterdir()):
+        f.rename(f.with_name(f.name.replace("-idx", ".idx")))
+    split = load_split("fashion_mnist", True, folder, tmp_path / "cache", download=False)
+    assert split.images.shape == (N_TRAIN, 28, 28) and split.source == folder
+
+
+def test_digits_are_mnist_shaped_with_a_fixed_stratified_split(tmp_path: Path) -> None:
+    train = load_split("digits", True, None, tmp_path / "cache", download=False)
+    test = load_split("digits", False, None, tmp_path / "cache", download=False)
+    assert train.images.shape == (1437, 28, 28) and test.images.shape == (360, 28, 28)
+    assert train.images.dtype == torch.uint8 and int(train.images.max()) == 255
+    assert test.labels.bincount().tolist() == [36] * 10
+    # MNIST's layout: the digit inside a 20x20 box, a blank 4-pixel border around it.
+    assert int(train.images[:, :4].max()) == 0 and int(train.images[:, :, -4:].max()) == 0
+    again = load_split("digits", False, None, tmp_path / "cache", download=False)
+    assert torch.equal(again.images, test.images) and torch.equal(again.labels, test.labels)
+    assert mnist_data.class_names("digits") == [str(d) for d in range(10)]
+    assert not (tmp_path / "cache").exists()

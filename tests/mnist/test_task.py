@@ -1,6 +1,7 @@
 """The MNIST task on tiny IDX files: batching, determinism, schedule, validation, metrics and figures."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -57,14 +58,44 @@ def test_random_crop_is_a_shifted_window_of_the_padded_image() -> None:
         assert torch.equal(out[i], padded[i, r:r + 5, c:c + 5])
 
 
-def test_schedule_scales_with_epochs_and_batch_size(idx_root: Path) -> None:
-    task = build(make_cfg(idx_root, **{"trainer.epochs": 160, "data.batch_size": 64}), torch.device("cpu"))
-    assert task.lr_milestones() == [60, 100, 140]
+def _lrs(task: Any, steps: int) -> list[float]:
+    """The lr of each of the first ``steps`` SGD steps, stepping the scheduler as the trainer does."""
     opt, sched = task.configure_optimizers()
+    out = []
+    for _ in range(steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_step_schedule_decays_at_the_papers_fractions_of_the_steps(idx_root: Path) -> None:
+    task = build(make_cfg(idx_root, **{"trainer.epochs": 160, "data.batch_size": 64}), torch.device("cpu"))
+    assert task.lr_interval == "step" and task.steps_per_epoch() == 1
+    opt, _ = task.configure_optimizers()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.05) and opt.param_groups[0]["momentum"] == 0.9
-    for epochs, milestones in ((4, [2, 3]), (3, [2, 2]), (2, [1]), (1, [])):
-        task = build(make_cfg(idx_root, **{"trainer.epochs": epochs}), torch.device("cpu"))
-        assert task.lr_milestones() == milestones
+    lrs = _lrs(task, 160)  # one step per epoch: the paper's decays after epochs 60, 100 and 140
+    assert lrs[59] == pytest.approx(0.05) and lrs[60] == pytest.approx(0.005)
+    assert lrs[99] == pytest.approx(0.005) and lrs[100] == pytest.approx(5e-4)
+    assert lrs[139] == pytest.approx(5e-4) and lrs[140] == pytest.approx(5e-5)
+    # Two epochs of 3 steps: the decays land inside the epochs, at 37.5 % / 62.5 % / 87.5 % of the 6 steps.
+    task = build(make_cfg(idx_root, **{"trainer.epochs": 2}), torch.device("cpu"))
+    assert task.steps_per_epoch() == 3
+    assert _lrs(task, 6) == pytest.approx([0.0125, 0.0125, 0.0125, 0.00125, 0.000125, 0.000125])
+
+
+def test_cosine_schedule_anneals_to_zero_over_the_steps(idx_root: Path) -> None:
+    task = build(make_cfg(idx_root, **{"trainer.epochs": 2, "task.lr_schedule": "cosine"}), torch.device("cpu"))
+    lrs = _lrs(task, 6)
+    expected = [0.0125 * 0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(6)]
+    assert lrs == pytest.approx(expected) and task.lr_factor(6) == pytest.approx(0.0)
+
+
+def test_a_longer_resumed_run_follows_the_longer_schedule(idx_root: Path) -> None:
+    """The factor comes from the current trainer.epochs, so extending a run stretches its schedule."""
+    short = build(make_cfg(idx_root, **{"trainer.epochs": 2}), torch.device("cpu"))
+    longer = build(make_cfg(idx_root, **{"trainer.epochs": 4}), torch.device("cpu"))
+    assert short.lr_factor(3) == pytest.approx(0.1) and longer.lr_factor(3) == pytest.approx(1.0)
 
 
 def test_training_step_evaluate_and_figures(idx_root: Path, tmp_path: Path) -> None:
@@ -95,6 +126,7 @@ def test_limits_take_the_first_images(idx_root: Path) -> None:
     ({"data.name": "cifar10"}, "data=cifar10 is not an MNIST-style dataset"),
     ({"task.lr": 0}, "task.lr must be > 0"),
     ({"task.lr_decay_at": [0.5, 2]}, "task.lr_decay_at holds fractions"),
+    ({"task.lr_schedule": "linear"}, "task.lr_schedule='linear' is unknown; choose one of: step, cosine"),
     ({"model.hidden": 0}, "model.hidden must be >= 1"),
     ({"model.channels": 8}, "model.channels: Key 'channels' not in 'MLPConfig'"),
 ])

@@ -35,7 +35,7 @@ def test_figure3_measures_a_trained_odenet(tmp_path: Path) -> None:
     run_dir = train_tiny(tmp_path, "odenet")
     png = tmp_path / "fig3.png"
     rc = figure3.main([str(run_dir), "--tolerances", "1e-1", "1e-4", "--batch-size", "4", "--repeats", "2",
-                       "--png", str(png)])
+                       "--accuracy-tolerances", "1e-1", "1e-4", "--accuracy-images", "10", "--png", str(png)])
     assert rc == 0
     data = json.loads((run_dir / "figure3.json").read_text())
     loose, tight = data["rows"]
@@ -51,6 +51,11 @@ def test_figure3_measures_a_trained_odenet(tmp_path: Path) -> None:
     assert data["backward_over_forward"]["median"] > 0
     assert "backward/forward NFE ratio" in figure3.verdict(data)
     assert png.is_file() and png.stat().st_size > 1000
+    # The test-time trade-off: accuracy over the test images at each tolerance, with its NFE.
+    acc_loose, acc_tight = data["accuracy_by_tolerance"]
+    assert data["accuracy_images"] == 10 and (acc_loose["tol"], acc_tight["tol"]) == (1e-1, 1e-4)
+    assert acc_tight["nfe_forward"] > acc_loose["nfe_forward"] > 0
+    assert all(0 <= r["accuracy"] <= 1 and r["accuracy"] * 10 == round(r["accuracy"] * 10) for r in (acc_loose, acc_tight))
 
 
 def test_figure3_rejects_a_model_without_ode_block(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -44,3 +44,30 @@ def test_sigkill_then_same_command_resumes(tmp_path: Path):
     assert rerun.returncode == 0, rerun.stderr
     assert f"after epoch {done}" in rerun.stdout
     assert epochs_logged(metrics) == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_at_a_safe_point_with_one_line_and_the_same_command_resumes(tmp_path: Path, signum: int,
+                                                                                 code: int):
+    args = ("train", SEARCHPATH, *TOY, "trainer.epochs=4", "task.step_delay=0.1")
+    metrics = tmp_path / "outputs" / "toy" / "task.step_delay=0.1,trainer.epochs=4" / "metrics.jsonl"
+    proc = subprocess.Popen([str(NEURALODE), *args], cwd=tmp_path, env=cli_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(epochs_logged(metrics)) < 1 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.15)  # inside epoch 2
+    assert proc.poll() is None, "the run ended before it could be signalled"
+    os.kill(proc.pid, signum)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"neuralode train: stopped by {signal.Signals(signum).name} ")
+    assert "run the same command to resume" in last
+    done = load_checkpoint(metrics.parent / "checkpoints" / "last.pt")["epoch"]
+    assert epochs_logged(metrics) == list(range(1, done + 1)) and 1 <= done < 4
+
+    rerun = cli(*args, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert epochs_logged(metrics) == [1, 2, 3, 4]
