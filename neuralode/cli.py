@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from neuralode.config import config_dir, register_configs
+from neuralode.solvers import MaxNumStepsError, NonFiniteError
 
 USAGE = """\
 usage: neuralode <command> [overrides ...]
@@ -37,8 +38,9 @@ commands:
 composed config; -m runs a sweep (solver=dopri5,rk4). HYDRA_FULL_ERROR=1 shows tracebacks.
 """
 
-# Errors caused by what the user asked for; anything else is a bug and keeps its traceback.
-_USER_ERRORS = (HydraException, OmegaConfBaseException, ValueError, FileNotFoundError)
+# Errors caused by what the user asked for or gave (values, files, folders, permissions, dynamics that a
+# setting made blow up); anything else is a bug and keeps its traceback.
+_USER_ERRORS = (HydraException, OmegaConfBaseException, ValueError, OSError, MaxNumStepsError, NonFiniteError)
 
 
 def _train_app(cfg: DictConfig) -> None:

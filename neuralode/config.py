@@ -6,6 +6,7 @@ cannot express (positive tolerances, epochs >= 1, a known solver method) are che
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -16,6 +17,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 import neuralode
 from neuralode.solvers import SOLVERS
+from neuralode.utils.rundir import safe_name
 
 
 class ConfigError(ValueError):
@@ -87,13 +89,14 @@ def run_name(override_dirname: str) -> str:
 
     ``+``/``++`` prefixes are dropped so that adding a key names the dir like setting it.
     """
-    return re.sub(r"(^|,)\++", r"\1", override_dirname).replace("/", "_") or "default"
+    return safe_name(re.sub(r"(^|,)\++", r"\1", override_dirname) or "default")
 
 
 def register_configs() -> None:
     """Put the schemas in Hydra's ConfigStore (``config.yaml`` and ``eval.yaml`` list them first) and the
     ``run_name`` resolver the run dir is named with."""
     OmegaConf.register_new_resolver("run_name", run_name, replace=True)
+    OmegaConf.register_new_resolver("safe_name", safe_name, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     cs.store(name="base_eval", node=EvalConfig)
@@ -117,15 +120,25 @@ def validate_device(device: str, key: str = "device") -> None:
         raise ConfigError(f"{key}={device!r} is invalid; use auto, cpu, cuda or cuda:N")
 
 
+# The models train in float32: a relative tolerance near its machine epsilon (1.2e-7) cannot be met, and the
+# adaptive solver would shrink its steps for minutes before giving up.
+MIN_RTOL = 5e-7
+
+
 def validate_solver(solver: Any, key: str = "solver") -> None:
-    """Check a (possibly partial, for eval) solver config: known method, positive tolerances."""
+    """Check a (possibly partial, for eval) solver config: known method, tolerances positive and above what
+    float32 resolves."""
     method = solver.get("method")
     if method is not None and method not in SOLVERS:
         raise ConfigError(f"{key}.method={method!r} is unknown; use one of: {', '.join(sorted(SOLVERS))}")
     for name in ("tol", "rtol", "atol"):
         value = solver.get(name)
-        if value is not None and not value > 0:
-            raise ConfigError(f"{key}.{name}={value} is invalid; tolerances must be positive, e.g. {key}.{name}=1e-3")
+        if value is not None and not 0 < value < math.inf:
+            raise ConfigError(f"{key}.{name}={value} is invalid; tolerances must be positive and finite, "
+                              f"e.g. {key}.{name}=1e-3")
+        if value is not None and name != "atol" and value < MIN_RTOL:
+            raise ConfigError(f"{key}.{name}={value:g} is below what float32 can resolve (machine epsilon 1.2e-07); "
+                              f"use {key}.{name} >= {MIN_RTOL:g}")
 
 
 def _check_keys(node: Any, schema: type, prefix: str) -> None:
@@ -153,3 +166,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.threads={trainer.threads} is invalid; use a positive number or null")
     if "name" not in cfg.task:
         raise ConfigError("task.name is missing; pick a task with task=<name>")
+    if safe_name(str(cfg.task.name)) != cfg.task.name:
+        raise ConfigError(f"task.name={cfg.task.name!r} cannot name a folder; use letters, digits, '_', '-' and '.', "
+                          "not starting with '.'")

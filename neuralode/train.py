@@ -14,6 +14,7 @@ lines of epochs the checkpoint does not contain (a kill between the two writes) 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -27,11 +28,13 @@ from tqdm import tqdm
 from neuralode.config import ConfigError, validate
 from neuralode.evaluate import measure_evaluation, synchronize
 from neuralode.models.odeblock import collect_solve_stats, reset_solve_stats
+from neuralode.solvers import MaxNumStepsError, NonFiniteError
 from neuralode.tasks import Task
 from neuralode.utils.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from neuralode.utils.interrupt import StopSignals
 from neuralode.utils.memory import PeakMemory
 from neuralode.utils.metrics import MetricsFile, TensorBoardLog
+from neuralode.utils.rundir import RunDirLock
 from neuralode.utils.runtime import build_task_from_config, preserved_rng, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
@@ -47,10 +50,11 @@ _ADDED_KEYS: dict[str, Any] = {"task.lr_cycles": 1}
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train ``cfg.task`` into ``run_dir`` (resuming when it holds a checkpoint); return the last epoch's metrics.
 
-    SIGINT/SIGTERM stop it at the next safe point with :class:`~neuralode.utils.interrupt.Interrupted`.
+    SIGINT/SIGTERM stop it at the next safe point with :class:`~neuralode.utils.interrupt.Interrupted`; a second
+    process training into the same run dir is refused.
     """
     validate(cfg)
-    with StopSignals() as stop:
+    with RunDirLock(Path(run_dir)), StopSignals() as stop:
         return _train(cfg, Path(run_dir), stop)
 
 
@@ -78,8 +82,9 @@ def _train(cfg: DictConfig, run_dir: Path, stop: StopSignals) -> dict[str, Any]:
         done = ckpt["epoch"]
         metrics_file.truncate(done)
         log.info(f"resuming {run_dir} after epoch {done}")
-    else:
-        metrics_file.path.unlink(missing_ok=True)  # a fresh start must not append to an older run's lines
+    # A fresh start (trainer.resume=false) over an older run replaces its metrics only with the first new epoch:
+    # a start that fails before that leaves the older run whole.
+    replace_metrics = done == 0
 
     epochs = cfg.trainer.epochs
     per_step = getattr(task, "lr_interval", "epoch") == "step"
@@ -88,10 +93,17 @@ def _train(cfg: DictConfig, run_dir: Path, stop: StopSignals) -> dict[str, Any]:
     resume_hint = f"run the same command to resume ({ckpt_path} is kept)"
     try:
         for epoch in range(done + 1, epochs + 1):
-            record = _run_epoch(task, optimizer, scheduler if per_step else None, epoch, epochs, device,
-                                cfg.trainer.progress,
-                                lambda: stop.check(f"during epoch {epoch}/{epochs}, which is dropped; {resume_hint}"))
-            metrics_file.append(record)
+            try:
+                record = _run_epoch(task, optimizer, scheduler if per_step else None, epoch, epochs, device,
+                                    cfg.trainer.progress,
+                                    lambda: stop.check(f"during epoch {epoch}/{epochs}, which is dropped; {resume_hint}"))
+            except (MaxNumStepsError, NonFiniteError) as e:
+                raise TrainingError(_failure_message(e, cfg, epoch, epochs, epoch - 1, ckpt_path)) from e
+            if replace_metrics:
+                metrics_file.replace([record])
+                replace_metrics = False
+            else:
+                metrics_file.append(record)
             tb.scalars(record, epoch)
             if scheduler is not None and not per_step:
                 scheduler.step()
@@ -120,6 +132,30 @@ def _train(cfg: DictConfig, run_dir: Path, stop: StopSignals) -> dict[str, Any]:
     return record
 
 
+class TrainingError(ValueError):
+    """Training cannot go on as configured (diverged, solver gave up); the message says why and what to change."""
+
+
+def _failure_message(error: Exception, cfg: DictConfig, epoch: int, epochs: int, kept: int, ckpt_path: Path) -> str:
+    """One line: what failed where, the likely causes with the keys to change, and what was kept."""
+    lr = cfg.task.get("lr")
+    lr_now = f" (task.lr={lr} now)" if lr is not None else ""
+    tol = cfg.solver.rtol or cfg.solver.tol or cfg.task.get("default_tol")
+    if isinstance(error, MaxNumStepsError):
+        causes = (f"the dynamics grew too stiff for the step cap: a learning rate too high{lr_now} blows them up, "
+                  f"or the tolerance (rtol {tol}) is tighter than needed; lower task.lr, loosen solver.tol or "
+                  "raise solver.options.max_num_steps")
+    else:
+        causes = f"training diverged: lower the learning rate{lr_now} or tighten solver.tol (rtol {tol} now)"
+    kept_msg = (f"{ckpt_path} keeps epoch {kept}, and the same command resumes from it" if kept
+                else "no epoch was completed")
+    return f"epoch {epoch}/{epochs} failed: {_first_sentence(error)}; {causes}; {kept_msg}"
+
+
+def _first_sentence(error: Exception) -> str:
+    return str(error).split("; ")[0].rstrip(".")
+
+
 def _run_epoch(task: Task, optimizer: torch.optim.Optimizer, step_scheduler: torch.optim.lr_scheduler.LRScheduler | None,
                epoch: int, epochs: int, device: torch.device, progress: bool,
                check_stop: Callable[[], None]) -> dict[str, Any]:
@@ -144,13 +180,15 @@ def _run_epoch(task: Task, optimizer: torch.optim.Optimizer, step_scheduler: tor
                    leave=False, disable=not progress, dynamic_ncols=True)
         for batch in bar:
             out = task.training_step(batch)
+            loss = out.loss.item()
+            if not math.isfinite(loss):
+                raise NonFiniteError(f"the training loss is {loss} at step {batches + 1}")
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             optimizer.step()
             if step_scheduler is not None:
                 step_scheduler.step()
             check_stop()
-            loss = out.loss.item()
             sums["train_loss"] += loss * out.batch_size
             for key, value in out.metrics.items():
                 sums[key] += float(value) * out.batch_size
@@ -173,6 +211,7 @@ def _run_epoch(task: Task, optimizer: torch.optim.Optimizer, step_scheduler: tor
         "peak_memory_kind": memory.kind,
         "epoch_time_s": epoch_time,
         "lr": lr,
+        "n_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
     })
     record.update(measure_evaluation(task, device))  # test metrics, nfe_eval, eval_time_s
     return record

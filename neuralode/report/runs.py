@@ -113,30 +113,14 @@ class RunSummary:
 
 
 PARAM_KEYS = ("n_params", "params", "num_params")
-CHECKPOINT = Path("checkpoints") / "last.pt"
-
-
-def count_checkpoint_params(path: Path) -> int | None:
-    """Number of floating-point values in a checkpoint's model weights (None if unreadable)."""
-    import torch  # only the report's parameter column needs it
-
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:  # a missing or corrupt checkpoint only blanks this one cell
-        return None
-    state = next((ckpt[k] for k in ("model", "model_state", "state_dict") if isinstance(ckpt, dict) and k in ckpt),
-                 None)
-    if not isinstance(state, dict):
-        return None
-    return sum(v.numel() for v in state.values() if torch.is_tensor(v) and v.is_floating_point())
 
 
 def load_run(run_dir: Path, *, with_params: bool = False) -> RunSummary:
-    """Summary of ``run_dir``; ``with_params`` also counts parameters (from the metrics if logged,
-    else from the checkpoint)."""
+    """Summary of ``run_dir``; ``with_params`` also reads the parameter count the trainer logs. Checkpoints are
+    never opened: a run folder may come from anywhere, and unpickling can run code."""
     run_dir = Path(run_dir)
     run = RunSummary(run_dir=run_dir, records=read_metrics(run_dir), config=read_run_config(run_dir))
     if with_params and run.exists:
         logged = next((run.final(k) for k in PARAM_KEYS if run.final(k) is not None), None)
-        run.n_params = int(logged) if logged is not None else count_checkpoint_params(run_dir / CHECKPOINT)
+        run.n_params = None if logged is None else int(logged)
     return run

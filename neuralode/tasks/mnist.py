@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from neuralode.data.mnist import IMAGE_DATASETS, class_names, load_split
+from neuralode.data.mnist import IMAGE_DATASETS, DataError, class_names, load_split
 from neuralode.models.mnist import MODELS, build_mnist_model, count_parameters
 from neuralode.models.odeblock import SolverSpec
 from neuralode.tasks.base import StepOutput
@@ -166,6 +166,10 @@ class MnistTask:
         self.test_images = test.images[: d.limit_test].to(device)
         self.test_labels = test.labels[: d.limit_test].to(device)
         self.class_names = class_names(d.name)
+        for split, labels in ((train, self.train_labels), (test, self.test_labels)):
+            if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(self.class_names):
+                raise DataError(f"{split.source}: labels must lie in 0..{len(self.class_names) - 1} for {d.name}, "
+                                f"found {int(labels.min())}..{int(labels.max())}; are these the right label files?")
 
         solver = SolverSpec.from_config(cfg.solver, self.cfg_task.default_tol)
         hyper = {k: v for k, v in dataclasses.asdict(self.cfg_model).items() if k != "name"}

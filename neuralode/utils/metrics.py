@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -54,17 +55,27 @@ class MetricsFile:
 
     def truncate(self, last_epoch: int) -> None:
         """Keep only the records of epochs up to ``last_epoch`` (those the checkpoint contains)."""
-        kept = [r for r in self.records() if isinstance(r.get("epoch"), int) and r["epoch"] <= last_epoch]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.path)
+        self.replace([r for r in self.records() if isinstance(r.get("epoch"), int) and r["epoch"] <= last_epoch])
 
     def append(self, record: Mapping[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json_line(record))  # one write: a kill leaves the line whole or cut, never interleaved
             f.flush()
             os.fsync(f.fileno())
+
+    def replace(self, records: list[Mapping[str, Any]]) -> None:
+        """Atomically make ``records`` the whole file (a fresh start over an older run's lines)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json_line(r) for r in records))
+        os.replace(tmp, self.path)
+
+
+def json_line(record: Mapping[str, Any]) -> str:
+    """Strict JSON (RFC 8259 has no NaN or Infinity): non-finite numbers are written as null."""
+    clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+    return json.dumps(clean, allow_nan=False) + "\n"
 
 
 class TensorBoardLog:

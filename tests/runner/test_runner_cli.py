@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 from hydra.core.global_hydra import GlobalHydra
-from runner_helpers import SEARCHPATH, TOY, cli
+from runner_helpers import SEARCHPATH, TOY, cli, toy_config
 
 from neuralode.cli import main
+from neuralode.train import train
 
 
 def assert_one_line_error(returncode: int, stderr: str, prog: str, message: str) -> None:
@@ -106,3 +107,42 @@ def test_train_then_eval(tmp_path: Path):
 def test_eval_errors_are_one_line(monkeypatch, capsys, tmp_path: Path, args: tuple[str, ...], message: str):
     code, err = run_main(monkeypatch, capsys, tmp_path, "eval", *args)
     assert_one_line_error(code, err, "neuralode eval", message)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("solver.tol=inf", "solver.tol=inf is invalid; tolerances must be positive and finite"),
+    ("solver.tol=1e-12", "solver.tol=1e-12 is below what float32 can resolve"),
+    ("task.lr=1e30", "a learning rate too high (task.lr=1e+30 now)"),
+    ("solver.options.max_num_steps=1", "raise solver.options.max_num_steps"),
+])
+def test_runtime_and_precision_errors_are_one_line(monkeypatch, capsys, tmp_path: Path, override: str, message: str):
+    code, err = run_main(monkeypatch, capsys, tmp_path, "train", SEARCHPATH, *TOY, "solver.tol=1e-5", override)
+    assert_one_line_error(code, err, "neuralode train", message)
+
+
+def test_file_system_errors_are_one_line(monkeypatch, capsys, tmp_path: Path):
+    (tmp_path / "a_file").write_text("")
+    code, err = run_main(monkeypatch, capsys, tmp_path, "train", SEARCHPATH, *TOY, "hydra.run.dir=a_file")
+    assert_one_line_error(code, err, "neuralode train", "a_file")
+    run_dir = tmp_path / "run"
+    train(toy_config("trainer.epochs=1"), run_dir)
+    (tmp_path / "folder").mkdir()
+    code, err = run_main(monkeypatch, capsys, tmp_path, "eval", f"checkpoint={run_dir}", "output=folder")
+    assert_one_line_error(code, err, "neuralode eval", "Is a directory")
+
+
+def test_sixteen_overrides_make_a_valid_run_dir(monkeypatch, capsys, tmp_path: Path):
+    """The overrides name the run dir; past the file system's 255-byte limit the name keeps a head and a hash."""
+    padded = "0" * 12
+    overrides = [f"task.lr=0.05{padded}", "task.n_train=48", "task.n_test=16",
+                 "task.batch_size=16", "task.hidden=8", f"task.step_delay=0.0{padded}",
+                 f"task.default_tol=0.001{padded}", "seed=1", "trainer.epochs=1",
+                 f"solver.rtol=0.001{padded}", f"solver.atol=0.001{padded}", "solver.adjoint=false",
+                 "solver=bosh3", "trainer.figures_every=0", f"solver.tol=0.001{padded}", "profile=smoke"]
+    monkeypatch.chdir(tmp_path)
+    GlobalHydra.instance().clear()
+    monkeypatch.setattr(sys, "argv", ["neuralode"])
+    main(["train", SEARCHPATH, *TOY, *overrides])  # returns: no error
+    assert len(",".join(sorted(overrides)).encode()) > 255
+    (run_dir,) = (tmp_path / "outputs" / "toy").iterdir()
+    assert len(run_dir.name.encode()) <= 200 and (run_dir / "metrics.jsonl").is_file()

@@ -16,7 +16,7 @@ from neuralode.utils.metrics import MetricsFile
 # The spiral task at smoke size with the RNN (no ODE solve): seconds, and its schedule is a LambdaLR.
 SPIRAL_RNN = ("task=spiral", "profile=smoke", "model=rnn", "trainer.progress=false", "device=cpu")
 REQUIRED = {"epoch", "train_loss", "train_rmse", "test_rmse", "nfe_forward", "nfe_backward", "nfe_eval",
-            "peak_memory_mb", "peak_memory_kind", "epoch_time_s", "eval_time_s", "lr"}
+            "peak_memory_mb", "peak_memory_kind", "epoch_time_s", "eval_time_s", "lr", "n_params"}
 
 
 def test_metrics_tensorboard_checkpoint_and_figures(train_toy):

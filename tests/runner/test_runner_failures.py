@@ -1,0 +1,71 @@
+"""Training that cannot go on stops with one line naming the cause and keeps the last good state."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from runner_helpers import toy_config
+
+from neuralode.config import ConfigError
+from neuralode.train import TrainingError, train
+from neuralode.utils.checkpoint import load_checkpoint
+from neuralode.utils.metrics import MetricsFile, json_line
+
+
+def test_a_diverging_run_stops_names_the_learning_rate_and_keeps_its_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    train(toy_config("trainer.epochs=1"), run_dir)
+    before = (run_dir / "checkpoints" / "last.pt").read_bytes()
+    with pytest.raises(TrainingError) as err:
+        train(toy_config("trainer.epochs=3", "task.lr=1e30", "trainer.resume=false"), run_dir)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("epoch ")
+    assert "task.lr=1e+30" in message and "learning rate" in message
+    # The fresh start failed before its first epoch: the earlier run is left whole.
+    assert (run_dir / "checkpoints" / "last.pt").read_bytes() == before
+    assert [r["epoch"] for r in MetricsFile(run_dir / "metrics.jsonl").records()] == [1]
+
+
+def test_the_step_cap_names_the_tolerance_and_max_num_steps(tmp_path):
+    with pytest.raises(TrainingError, match=r"epoch 1/1 failed: .*rtol 1e-05.*solver.tol.*max_num_steps.*no epoch was completed"):
+        train(toy_config("trainer.epochs=1", "solver.tol=1e-5", "++solver.options.max_num_steps=1"), tmp_path / "run")
+
+
+def test_metrics_lines_are_strict_json():
+    line = json_line({"epoch": 1, "train_loss": math.nan, "x": math.inf, "ok": 0.5})
+    assert json.loads(line) == {"epoch": 1, "train_loss": None, "x": None, "ok": 0.5}
+    assert "NaN" not in line and "Infinity" not in line and line.endswith("}\n")
+
+
+def test_a_tolerance_below_float32_precision_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(ConfigError, match=r"solver.tol=1e-12 is below what float32 can resolve"):
+        train(toy_config("solver.tol=1e-12"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_parameter_count_is_logged(tmp_path):
+    train(toy_config("trainer.epochs=1"), tmp_path / "run")
+    (record,) = MetricsFile(tmp_path / "run" / "metrics.jsonl").records()
+    assert record["n_params"] == 2 * 16 + 16 + 16 * 2 + 2
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["metrics"]["n_params"] == record["n_params"]
+
+
+def test_a_non_finite_loss_stops_before_the_optimiser_step(tmp_path, monkeypatch):
+    import toy_task
+
+    run_dir = tmp_path / "run"
+    train(toy_config("trainer.epochs=1"), run_dir)
+    real_step = toy_task.ToyTask.training_step
+
+    def nan_loss(self, batch):
+        out = real_step(self, batch)
+        out.loss = out.loss * math.nan
+        return out
+
+    monkeypatch.setattr(toy_task.ToyTask, "training_step", nan_loss)
+    with pytest.raises(TrainingError) as err:
+        train(toy_config("trainer.epochs=2"), run_dir)
+    assert "the training loss is nan at step 1" in str(err.value) and "lower the learning rate" in str(err.value)
+    assert "keeps epoch 1, and the same command resumes from it" in str(err.value)
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"] == 1
