@@ -84,8 +84,11 @@ def _remove_if_unused(run_dir: Path) -> None:
 def _eval_app(cfg: DictConfig) -> None:
     from neuralode.evaluate import evaluate
 
-    with _reported("neuralode eval"):
-        evaluate(cfg)
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        evaluate(cfg)  # as in train: a failed job is recorded and the sweep goes on
+    else:
+        with _reported("neuralode eval"):
+            evaluate(cfg)
 
 
 COMMANDS: dict[str, tuple[str, Callable[[DictConfig], None]]] = {
@@ -175,7 +178,10 @@ def _describe_omegaconf(error: OmegaConfBaseException) -> str:
         if dataclasses.is_dataclass(schema):
             known = ", ".join(f.name for f in dataclasses.fields(schema))
             return f"{key} is not a known key; {schema.__name__} has: {known}"
-        return f"{key} is not a known key; add a new key with +{key}=<value> (--cfg job shows the config)"
+        parent = getattr(error, "parent_node", None)
+        if isinstance(parent, DictConfig) and len(parent):
+            return f"{key} is not a known key; the keys there are: {', '.join(str(k) for k in parent)}"
+        return f"{key} is not a known key (--cfg job shows the composed config)"
     if "Missing mandatory value" in message:
         return f"{key} is required; add {key}=<value> to the command"
     return f"{key}: {message}" if key else message

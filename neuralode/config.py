@@ -6,6 +6,7 @@ cannot express (positive tolerances, epochs >= 1, a known solver method) are che
 """
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import dataclass, field, fields
@@ -149,6 +150,50 @@ def _check_keys(node: Any, schema: type, prefix: str) -> None:
             raise ConfigError(f"{prefix}{key} is not a known key; {schema.__name__} has: {', '.join(known)}")
 
 
+def _shipped_group(group: str, name: str) -> dict[str, Any] | None:
+    """The keys and default values of ``configs/<group>/<name>.yaml`` (a task file's ``task:`` node); None for a
+    plug-in group file outside the shipped configs, which checks its own keys."""
+    path = config_dir() / group / f"{name}.yaml"
+    if not path.is_file():
+        return None
+    node = OmegaConf.load(path)
+    node = node.get("task") if group == "task" else node
+    return OmegaConf.to_container(node) if node is not None else None
+
+
+def _type_ok(default: Any, value: Any) -> bool:
+    """Whether ``value`` has the type of the shipped default (null defaults and free-form dicts take anything)."""
+    if default is None or value is None:
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    for kind in (int, str, list, dict):
+        if isinstance(default, kind):
+            return isinstance(value, kind)
+    return True
+
+
+def _check_group(cfg: DictConfig, group: str) -> None:
+    """Every key of ``cfg.<group>`` must be one the shipped YAML of the chosen option defines, with its type:
+    the YAML files are the schema of the task, model and data groups (a typo would otherwise be ignored)."""
+    node = cfg.get(group)
+    option = cfg.task.get("name") if group == "task" else (node or {}).get("name")
+    shipped = _shipped_group(group, str(option)) if option is not None else None
+    if shipped is None:
+        return
+    for key, value in OmegaConf.to_container(node).items():
+        if key not in shipped:
+            close = difflib.get_close_matches(key, list(shipped), n=1)
+            hint = f"did you mean {group}.{close[0]}? " if close else ""
+            raise ConfigError(f"{group}.{key} is not a key of {group}={option}; {hint}"
+                              f"its keys are: {', '.join(shipped)}")
+        if not _type_ok(shipped[key], value):
+            raise ConfigError(f"{group}.{key}={value!r} has the wrong type; {group}={option} expects "
+                              f"{type(shipped[key]).__name__}, e.g. {group}.{key}={shipped[key]!r}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Value checks the schema's types cannot express; raises :class:`ConfigError` with one clear line."""
     for node, schema, prefix in ((cfg, Config, ""), (cfg.solver, SolverConfig, "solver."),
@@ -166,6 +211,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.threads={trainer.threads} is invalid; use a positive number or null")
     if "name" not in cfg.task:
         raise ConfigError("task.name is missing; pick a task with task=<name>")
+    for group in ("task", "model", "data"):
+        _check_group(cfg, group)
     if safe_name(str(cfg.task.name)) != cfg.task.name:
         raise ConfigError(f"task.name={cfg.task.name!r} cannot name a folder; use letters, digits, '_', '-' and '.', "
                           "not starting with '.'")

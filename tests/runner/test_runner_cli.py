@@ -6,6 +6,7 @@ Subprocess runs cost a torch import each (seconds on a shared CPU), so most erro
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -146,3 +147,15 @@ def test_sixteen_overrides_make_a_valid_run_dir(monkeypatch, capsys, tmp_path: P
     assert len(",".join(sorted(overrides)).encode()) > 255
     (run_dir,) = (tmp_path / "outputs" / "toy").iterdir()
     assert len(run_dir.name.encode()) <= 200 and (run_dir / "metrics.jsonl").is_file()
+
+
+@pytest.mark.smoke
+def test_an_eval_sweep_goes_on_past_a_bad_job(tmp_path: Path):
+    run_dir = tmp_path / "run"
+    train(toy_config("trainer.epochs=1"), run_dir)
+    result = cli("eval", "-m", f"checkpoint={run_dir}", "solver.tol=1e-1,-1,1e-2", "output=sweep.jsonl", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("neuralode eval: error: solver.tol=-1.0 is invalid")
+    rows = [json.loads(line) for line in (tmp_path / "sweep.jsonl").read_text().splitlines()]
+    assert [r["rtol"] for r in rows] == [0.1, 0.01]
+    assert re.search(r"job #1 \(.*solver.tol=-1 .*\) FAILED", result.stderr)

@@ -90,3 +90,31 @@ def test_run_dir_is_named_by_the_overrides():
 def test_value_checks(override: str, message: str):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
         validate(toy_config(override))
+
+
+TASK_MODELS = {"mnist": ("odenet", "rknet", "resnet", "mlp"), "spiral": ("latent_ode", "rnn", "rnn_dt"),
+               "cnf": ("cnf", "planar"), "cnf_match": ("cnf", "planar")}
+
+
+@pytest.mark.parametrize("profile", ["smoke", "quick", "full"])
+@pytest.mark.parametrize(("task", "model"), [(t, m) for t, models in TASK_MODELS.items() for m in models])
+def test_every_task_model_and_profile_composes_and_validates(task: str, model: str, profile: str):
+    cfg = compose_config(f"task={task}", f"model={model}", f"profile={profile}")
+    assert (cfg.task.name, cfg.model.name, cfg.profile.name) == (task, model, profile)
+    validate(cfg)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (("task=spiral", "+task.bach_size=3"), "task.bach_size is not a key of task=spiral; did you mean task.batch_size?"),
+    (("task=cnf", "+task.grid_sise=3"), "task.grid_sise is not a key of task=cnf; did you mean task.grid_size?"),
+    (("task=cnf_match", "+model.widht=3"), "model.widht is not a key of model=cnf; did you mean model.width?"),
+    (("task=mnist", "+data.limit_trian=3"), "data.limit_trian is not a key of data=mnist; did you mean data.limit_train?"),
+    (("task=spiral", "task.lr=fast"), "task.lr='fast' has the wrong type; task=spiral expects float, e.g. task.lr=0.01"),
+    (("task=cnf", "task.batch_size=1.5"), "task.batch_size=1.5 has the wrong type; task=cnf expects int"),
+])
+def test_a_typo_or_a_wrong_type_in_any_task_is_refused_with_the_valid_keys(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        validate(compose_config(*overrides))
+    assert message in str(err.value) and "\n" not in str(err.value)
+    if "not a key" in message:
+        assert "its keys are: " in str(err.value)
