@@ -163,10 +163,12 @@ def describe_error(error: BaseException) -> str:
             return f"unknown {group} option {option!r}; choose one of: {', '.join(sorted(error.options))}"
         return _one_line(str(error))
     cause = error
-    while not isinstance(cause, OmegaConfBaseException) and cause.__cause__ is not None:
+    while not isinstance(cause, (OmegaConfBaseException, OSError)) and cause.__cause__ is not None:
         cause = cause.__cause__
     if isinstance(cause, OmegaConfBaseException):
         return _describe_omegaconf(cause)
+    if isinstance(cause, OSError) and cause is not error:  # e.g. Hydra's "Unable to configure handler 'file'"
+        return f"{_one_line(str(cause))} (the run dir must be writable; choose another with hydra.run.dir=...)"
     return _one_line(str(error)) or type(error).__name__
 
 

@@ -18,6 +18,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 import neuralode
 from neuralode.solvers import SOLVERS
+from neuralode.solvers.odeint import check_options
 from neuralode.utils.rundir import safe_name
 
 
@@ -132,6 +133,13 @@ def validate_solver(solver: Any, key: str = "solver") -> None:
     method = solver.get("method")
     if method is not None and method not in SOLVERS:
         raise ConfigError(f"{key}.method={method!r} is unknown; use one of: {', '.join(sorted(SOLVERS))}")
+    if method is not None:
+        for group in ("options", "adjoint_options"):
+            options = solver.get(group)
+            try:  # the solver core's own check, before any data is loaded, under the config's key names
+                check_options(SOLVERS[method], None if options is None else dict(options), f"{key}.{group}")
+            except (TypeError, ValueError) as e:
+                raise ConfigError(str(e)) from None
     for name in ("tol", "rtol", "atol"):
         value = solver.get(name)
         if value is not None and not 0 < value < math.inf:
@@ -213,6 +221,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("task.name is missing; pick a task with task=<name>")
     for group in ("task", "model", "data"):
         _check_group(cfg, group)
+    task_profile = config_dir() / "task_profile" / f"{cfg.task.name}_{cfg.profile.name}.yaml"
+    if _shipped_group("task", str(cfg.task.name)) is not None and not task_profile.is_file():
+        sized = sorted(p.stem.split("_")[-1] for p in task_profile.parent.glob(f"{cfg.task.name}_*.yaml")
+                       if p.stem.rsplit("_", 1)[0] == cfg.task.name)
+        raise ConfigError(f"profile={cfg.profile.name} has no sizes for task={cfg.task.name}; "
+                          f"use one of: {', '.join(sized)}")
     if safe_name(str(cfg.task.name)) != cfg.task.name:
         raise ConfigError(f"task.name={cfg.task.name!r} cannot name a folder; use letters, digits, '_', '-' and '.', "
                           "not starting with '.'")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -30,7 +31,8 @@ from neuralode.evaluate import measure_evaluation, synchronize
 from neuralode.models.odeblock import collect_solve_stats, reset_solve_stats
 from neuralode.solvers import MaxNumStepsError, NonFiniteError
 from neuralode.tasks import Task
-from neuralode.utils.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from neuralode.utils.checkpoint import (CheckpointError, get_rng_state, load_checkpoint, save_checkpoint,
+                                        set_rng_state)
 from neuralode.utils.interrupt import StopSignals
 from neuralode.utils.memory import PeakMemory
 from neuralode.utils.metrics import MetricsFile, TensorBoardLog
@@ -65,13 +67,21 @@ def _train(cfg: DictConfig, run_dir: Path, stop: StopSignals) -> dict[str, Any]:
     config = OmegaConf.to_container(cfg, resolve=True)
     ckpt_path = run_dir / "checkpoints" / "last.pt"
     metrics_file = MetricsFile(run_dir / "metrics.jsonl")
+    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(ckpt_path.parent, os.W_OK):  # found now, not after an epoch of training
+        raise PermissionError(f"{ckpt_path.parent} is not writable, so no checkpoint could be saved; "
+                              "make it writable or train into another hydra.run.dir")
 
     seed_everything(cfg.seed)
     task = build_task_from_config(cfg, device)
     optimizer, scheduler = task.configure_optimizers()
     done = 0
     if cfg.trainer.resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
+        try:
+            ckpt = load_checkpoint(ckpt_path)
+        except CheckpointError as e:
+            raise CheckpointError(f"{run_dir} cannot resume: {e}; move it away to start over "
+                                  "(or trainer.resume=false), or use another hydra.run.dir") from None
         _check_same_run(ckpt["config"], config, run_dir)
         task.model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])

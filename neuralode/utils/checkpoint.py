@@ -79,8 +79,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for damaged files
         reason = str(e).strip().split(". ")[0].splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} is damaged or not a torch file ({reason}); delete it "
-                              "(training then starts over) or use another checkpoint") from e
+        raise CheckpointError(f"checkpoint {path} is damaged or not a torch file ({reason}); pass a run dir "
+                              f"or its checkpoints/{CHECKPOINT_NAME}") from e
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in _REQUIRED_KEYS):
         raise CheckpointError(f"{path} is not a neuralode checkpoint (expected the keys {', '.join(_REQUIRED_KEYS)})")
     return ckpt

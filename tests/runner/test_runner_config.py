@@ -118,3 +118,13 @@ def test_a_typo_or_a_wrong_type_in_any_task_is_refused_with_the_valid_keys(overr
     assert message in str(err.value) and "\n" not in str(err.value)
     if "not a key" in message:
         assert "its keys are: " in str(err.value)
+
+
+def test_a_profile_without_sizes_for_the_task_is_refused():
+    """A task has no defaults worth training for a profile it does not size (they would train 10 epochs)."""
+    with pytest.raises(ConfigError, match=r"^profile=demo has no sizes for task=spiral; use one of: full, quick, smoke$"):
+        validate(compose_config("task=spiral", "profile=demo"))
+    with pytest.raises(ConfigError, match=r"profile=converged has no sizes for task=cnf; use one of: full, quick, smoke$"):
+        validate(compose_config("task=cnf", "profile=converged"))
+    for profile in ("demo", "converged"):
+        validate(compose_config("task=mnist", f"profile={profile}"))
