@@ -6,6 +6,7 @@ cannot express (positive tolerances, epochs >= 1, a known solver method) are che
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import re
@@ -86,6 +87,11 @@ class EvalConfig:
     output: Optional[str] = None                     # append the result as one JSON line to this file
 
 
+def solver_defaults(method: str) -> dict[str, Any]:
+    """The ``solver`` config of ``solver=<method>``: the method with every other key at its default."""
+    return dataclasses.asdict(SolverConfig(method=method))
+
+
 def run_name(override_dirname: str) -> str:
     """Run dir name from Hydra's ``override_dirname`` (``model=resnet,profile=smoke``); ``default`` for none.
 
@@ -102,6 +108,10 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     cs.store(name="base_eval", node=EvalConfig)
+    # One solver=<method> option per entry of the registry: adding a tableau adds the option. Plain dicts, so
+    # they merge into the train schema (SolverConfig) and the eval one (EvalSolverConfig) alike.
+    for method in SOLVERS:
+        cs.store(group="solver", name=method, node=solver_defaults(method))
 
 
 def config_dir() -> Path:

@@ -2,7 +2,7 @@
 
 Each case builds one problem (weights, inputs, tolerances) and two sides that differ only in the ODE
 solver: ours goes through neuralode (for the model cases, through the ``ODEBlock`` with the solver
-settings of ``configs/solver/dopri5.yaml``, i.e. what the training runner uses), theirs calls
+settings of ``solver=dopri5``, i.e. what the training runner uses), theirs calls
 ``torchdiffeq.odeint``/``odeint_adjoint`` on the same dynamics module with the same method and tolerances
 and torchdiffeq's own defaults otherwise. The harness restores the weights and reseeds before every run
 (untimed), warms both sides up, times ``--repeats`` interleaved runs and prints one JSON line per case
@@ -23,17 +23,14 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 import neuralode
+from neuralode.config import solver_defaults
 from neuralode.models.odeblock import SolverSpec
 
-ROOT = Path(__file__).resolve().parents[1]
-SOLVER_CONFIG = ROOT / "configs" / "solver" / "dopri5.yaml"
 
 
 class CallCounter:
@@ -95,9 +92,8 @@ def case_names() -> list[str]:
 
 
 def default_spec(tol: float, adjoint: bool) -> SolverSpec:
-    """The training runner's solver settings (configs/solver/dopri5.yaml) at tolerance ``tol``."""
-    cfg = OmegaConf.to_container(OmegaConf.load(SOLVER_CONFIG))
-    cfg["adjoint"] = adjoint
+    """The training runner's solver settings (``solver=dopri5``) at tolerance ``tol``."""
+    cfg = {**solver_defaults("dopri5"), "adjoint": adjoint}
     return SolverSpec.from_config(cfg, default_tol=tol)
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from neuralode.config import solver_defaults
 from neuralode.tasks import build_task
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -17,7 +18,7 @@ def compose(task: str, model: str, data: str, **task_overrides: object) -> Omega
     cfg = OmegaConf.create({
         "task": task_cfg, "model": OmegaConf.load(CONFIGS / "model" / f"{model}.yaml"),
         "data": OmegaConf.load(CONFIGS / "data" / f"{data}.yaml"),
-        "solver": OmegaConf.load(CONFIGS / "solver" / "dopri5.yaml"), "seed": 0,
+        "solver": solver_defaults("dopri5"), "seed": 0,
     })
     cfg.task.update(task_overrides)
     cfg.model.update({"width": 4} if model == "cnf" else {"flows": 4})

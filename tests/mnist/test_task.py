@@ -9,6 +9,7 @@ import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from neuralode.config import solver_defaults
 from neuralode.tasks.mnist import build, crop, random_offsets
 
 from mnist_testdata import N_TEST, N_TRAIN
@@ -22,7 +23,7 @@ def make_cfg(root: Path, model: str = "mlp", **dotlist: Any) -> DictConfig:
         "task": OmegaConf.load(CONFIGS / "task" / "mnist.yaml").task,
         "model": OmegaConf.load(CONFIGS / "model" / f"{model}.yaml"),
         "data": OmegaConf.load(CONFIGS / "data" / "fashion_mnist.yaml"),
-        "solver": OmegaConf.load(CONFIGS / "solver" / "rk4.yaml"),
+        "solver": solver_defaults("rk4"),
         "trainer": {"epochs": 4},
         "seed": 0,
     })
