@@ -179,6 +179,17 @@ def _shipped_group(group: str, name: str) -> dict[str, Any] | None:
     return OmegaConf.to_container(node) if node is not None else None
 
 
+def _task_default(task: str, group: str) -> str | None:
+    """The ``/<group>: <option>`` a shipped task YAML's defaults list picks."""
+    path = config_dir() / "task" / f"{task}.yaml"
+    if not path.is_file():
+        return None
+    for entry in OmegaConf.load(path).get("defaults", []):
+        if isinstance(entry, DictConfig) and f"/{group}" in entry:
+            return str(entry[f"/{group}"])
+    return None
+
+
 def _type_ok(default: Any, value: Any) -> bool:
     """Whether ``value`` has the type of the shipped default (null defaults and free-form dicts take anything)."""
     if default is None or value is None:
@@ -203,6 +214,11 @@ def _check_group(cfg: DictConfig, group: str) -> None:
         return
     for key, value in OmegaConf.to_container(node).items():
         if key not in shipped:
+            task_default = _task_default(str(cfg.task.name), group)
+            if task_default not in (None, option) and key in (_shipped_group(group, task_default) or {}):
+                # The task (or its profile) set a key of its own kind of data/model: the choice is what is wrong.
+                raise ConfigError(f"task={cfg.task.name} needs {group}={task_default} (or another {group} with its "
+                                  f"keys); {group}={option} has no {group}.{key}")
             close = difflib.get_close_matches(key, list(shipped), n=1)
             hint = f"did you mean {group}.{close[0]}? " if close else ""
             raise ConfigError(f"{group}.{key} is not a key of {group}={option}; {hint}"
