@@ -10,54 +10,19 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from neuralode.config import validate_device, validate_solver
-from neuralode.models.odeblock import SolverSpec, collect_solve_stats, reset_solve_stats
-from neuralode.tasks import Task
+from neuralode.models.odeblock import SolverSpec
 from neuralode.utils.checkpoint import checkpoint_path, load_checkpoint
-from neuralode.utils.runtime import build_task_from_config, resolve_device, seed_everything
+from neuralode.tasks import Task
+from neuralode.utils.runtime import build_task_from_config, measure_evaluation, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued GPU work so wall-clock times measure it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure_evaluation(task: Task, device: torch.device) -> dict[str, float]:
-    """``task.evaluate()`` plus ``nfe_eval`` (forward NFE per model call) and ``eval_time_s``."""
-    model = task.model
-    calls = 0
-
-    def count_call(*_: Any) -> None:
-        nonlocal calls
-        calls += 1
-
-    hook = model.register_forward_hook(count_call)
-    reset_solve_stats(model)
-    model.eval()
-    synchronize(device)
-    start = time.perf_counter()
-    try:
-        metrics = {k: float(v) for k, v in task.evaluate().items()}
-    finally:
-        hook.remove()
-    synchronize(device)
-    elapsed = time.perf_counter() - start
-    nfe = collect_solve_stats(model).nfe_forward
-    # Tasks that drive sub-modules themselves never call the model: report the total instead of a mean.
-    metrics["nfe_eval"] = nfe / calls if calls else float(nfe)
-    metrics["eval_time_s"] = elapsed
-    return metrics
 
 
 def evaluate_checkpoint(checkpoint: str | Path, solver: Mapping[str, Any] | None = None,
@@ -70,23 +35,11 @@ def evaluate_checkpoint(checkpoint: str | Path, solver: Mapping[str, Any] | None
     one method may mean nothing to another). ``data``: keys of the data config to change (e.g. ``root``).
     Returns the resolved solver, the task's metrics, ``nfe_eval`` and ``eval_time_s``.
     """
-    solver = {k: v for k, v in (solver or {}).items() if v is not None}
-    validate_solver(solver)
-    validate_device(device)
-    path = checkpoint_path(checkpoint)
-    ckpt = load_checkpoint(path)
-    cfg = OmegaConf.create(ckpt["config"])
-    cfg.solver = _patched_solver(cfg.solver, solver)
-    if data:
-        cfg.data = OmegaConf.merge(cfg.data, dict(data))
-    dev = resolve_device(device)
-    seed_everything(cfg.seed)  # the same subsets/augmentations as at training time, whatever the solver
-    task = build_task_from_config(cfg, dev)
-    task.model.load_state_dict(ckpt["model"])
+    task, ckpt, cfg = restore_task(checkpoint, solver, data, device)
     spec = SolverSpec.from_config(cfg.solver, default_tol=cfg.task.default_tol)
-    metrics = measure_evaluation(task, dev)
+    metrics = measure_evaluation(task, resolve_device(device))
     return {
-        "checkpoint": str(path),
+        "checkpoint": str(checkpoint_path(checkpoint)),
         "epoch": ckpt["epoch"],
         "task": cfg.task.name,
         "model": cfg.model.get("name"),
@@ -97,6 +50,28 @@ def evaluate_checkpoint(checkpoint: str | Path, solver: Mapping[str, Any] | None
         "options": spec.options,
         **metrics,
     }
+
+
+def restore_task(checkpoint: str | Path, solver: Mapping[str, Any] | None = None,
+                 data: Mapping[str, Any] | None = None, device: str = "auto",
+                 task_name: str | None = None) -> tuple[Task, dict[str, Any], DictConfig]:
+    """The task of a checkpoint (a run dir or ``.pt``) rebuilt with its trained weights: ``(task, checkpoint,
+    config)``. ``solver`` and ``data`` change keys of those configs as in :func:`evaluate_checkpoint`;
+    ``task_name`` refuses, before any data loads, a checkpoint of another task."""
+    solver = {k: v for k, v in (solver or {}).items() if v is not None}
+    validate_solver(solver)
+    validate_device(device)
+    ckpt = load_checkpoint(checkpoint_path(checkpoint))
+    cfg = OmegaConf.create(ckpt["config"])
+    if task_name is not None and cfg.task.name != task_name:
+        raise ValueError(f"{checkpoint} is a task={cfg.task.name} checkpoint; this needs task={task_name}")
+    cfg.solver = _patched_solver(cfg.solver, solver)
+    if data:
+        cfg.data = OmegaConf.merge(cfg.data, dict(data))
+    seed_everything(cfg.seed)  # the same subsets/augmentations as at training time, whatever the solver
+    task = build_task_from_config(cfg, resolve_device(device))
+    task.model.load_state_dict(ckpt["model"])
+    return task, ckpt, cfg
 
 
 def _patched_solver(saved: DictConfig, changes: Mapping[str, Any]) -> DictConfig:

@@ -27,7 +27,6 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from neuralode.config import ConfigError, validate
-from neuralode.evaluate import measure_evaluation, synchronize
 from neuralode.models.odeblock import collect_solve_stats, reset_solve_stats
 from neuralode.solvers import MaxNumStepsError, NonFiniteError
 from neuralode.tasks import Task
@@ -37,7 +36,8 @@ from neuralode.utils.interrupt import StopSignals
 from neuralode.utils.memory import PeakMemory
 from neuralode.utils.metrics import MetricsFile, TensorBoardLog
 from neuralode.utils.rundir import RunDirLock
-from neuralode.utils.runtime import build_task_from_config, preserved_rng, resolve_device, seed_everything
+from neuralode.utils.runtime import (build_task_from_config, measure_evaluation, preserved_rng, resolve_device,
+                                     seed_everything, synchronize)
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,10 @@ import torch
 from torch import nn
 
 from neuralode.models.odeblock import ODEBlock, collect_solve_stats, reset_solve_stats
+from neuralode.report.plan import FIG3_ACCURACY_TOLS, FIG3_TOLS_LONG
+from neuralode.utils.files import write_text_atomic
+from neuralode.utils.runtime import synchronize
 
-DEFAULT_TOLERANCES: tuple[float, ...] = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
 # The reference is solved in float64 at this factor below the tightest tolerance swept: tight enough
 # that its own error is ~1% of the smallest error measured, without the NFE (and minutes) of 1e-9.
 REFERENCE_FACTOR = 1e-2
@@ -91,13 +93,7 @@ def _reference(model: nn.Module, x: torch.Tensor, tol: float) -> tuple[torch.Ten
     return state, logits
 
 
-def _sync(x: torch.Tensor) -> None:
-    """Wait for queued GPU work, so wall times measure it."""
-    if x.is_cuda:
-        torch.cuda.synchronize(x.device)
-
-
-def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tolerances: Sequence[float] = DEFAULT_TOLERANCES,
+def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tolerances: Sequence[float] = FIG3_TOLS_LONG,
             repeats: int = 3, progress: bool = True) -> dict[str, Any]:
     """Figure 3 (a)-(c) measurements of ``model`` on the batch ``(x, y)``, one record per tolerance."""
     model.eval()
@@ -116,21 +112,21 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tolerances: Sequ
             with torch.no_grad():
                 for _ in range(max(1, repeats)):
                     hooks.outputs = []
-                    _sync(x)
+                    synchronize(x.device)
                     t0 = time.perf_counter()
                     logits = model(x)
-                    _sync(x)
+                    synchronize(x.device)
                     times.append(time.perf_counter() - t0)
             nfe_forward = collect_solve_stats(model).nfe_forward / max(1, repeats)
             state = hooks.take()
             # Forward + backward through the adjoint: the backward NFE of the same tolerance.
             reset_solve_stats(model)
             model.zero_grad(set_to_none=True)
-            _sync(x)
+            synchronize(x.device)
             t0 = time.perf_counter()
             loss = nn.functional.cross_entropy(model(x), y)
             loss.backward()
-            _sync(x)
+            synchronize(x.device)
             train_step_s = time.perf_counter() - t0
             hooks.outputs = []
             stats = collect_solve_stats(model)
@@ -178,12 +174,12 @@ def accuracy_by_tolerance(model: nn.Module, images: torch.Tensor, labels: torch.
         set_tolerance(model, tol)
         reset_solve_stats(model)
         correct, batches = 0, 0
-        _sync(images)
+        synchronize(images.device)
         t0 = time.perf_counter()
         for i in range(0, len(images), batch_size):
             correct += int((model(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum())
             batches += 1
-        _sync(images)
+        synchronize(images.device)
         rows.append({"tol": float(tol), "accuracy": correct / len(images),
                      "nfe_forward": collect_solve_stats(model).nfe_forward / batches,
                      "time_s": time.perf_counter() - t0})
@@ -282,25 +278,11 @@ def load_odenet(checkpoint: str | Path, batch_size: int | None, device: str = "c
                 data: dict[str, Any] | None = None) -> tuple[nn.Module, torch.Tensor, torch.Tensor, dict[str, Any]]:
     """The trained model of an MNIST ODE-Net checkpoint and its first ``batch_size`` test images (all: None)
     and labels."""
-    from omegaconf import OmegaConf
+    from neuralode.evaluate import restore_task
 
-    from neuralode.utils.checkpoint import checkpoint_path, load_checkpoint
-    from neuralode.utils.runtime import build_task_from_config, resolve_device, seed_everything
-
-    ckpt = load_checkpoint(checkpoint_path(checkpoint))
-    cfg = OmegaConf.create(ckpt["config"])
-    if cfg.task.name != "mnist":
-        raise ValueError(f"Figure 3 needs an MNIST ODE-Net checkpoint (task=mnist model=odenet); "
-                         f"{checkpoint} is task={cfg.task.name}")
-    if data:
-        cfg.data = OmegaConf.merge(cfg.data, data)
-    dev = resolve_device(device)
-    seed_everything(int(cfg.seed))
-    task = build_task_from_config(cfg, dev)
-    task.model.load_state_dict(ckpt["model"])
+    task, ckpt, cfg = restore_task(checkpoint, data=data, device=device, task_name="mnist")
     ode_blocks(task.model)  # fail early, with a clear message, on a model without an ODE block
-    images, labels = task.test_images[:batch_size], task.test_labels[:batch_size]
-    x = images.unsqueeze(1).float().div(255)  # the task's input scaling: pixels in [0, 1]
+    x, labels = task.test_inputs(batch_size)
     info = {"checkpoint": str(checkpoint), "epoch": int(ckpt["epoch"]), "model": cfg.model.name,
             "data": cfg.data.name, "method": cfg.solver.method}
     return task.model, x, labels, info
@@ -311,10 +293,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("checkpoint", help="run dir of a task=mnist model=odenet run, or its last.pt")
     parser.add_argument("--out", type=Path, help="JSON with the measurements (default: <run dir>/figure3.json)")
     parser.add_argument("--png", type=Path, help="also plot the figure here")
-    parser.add_argument("--tolerances", type=float, nargs="+", default=list(DEFAULT_TOLERANCES))
+    parser.add_argument("--tolerances", type=float, nargs="+", default=list(FIG3_TOLS_LONG))
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3, help="forward passes timed per tolerance (median)")
-    parser.add_argument("--accuracy-tolerances", type=float, nargs="*", default=[1e-1, 1e-2, 1e-3, 1e-4, 1e-5],
+    parser.add_argument("--accuracy-tolerances", type=float, nargs="*", default=list(FIG3_ACCURACY_TOLS),
                         help="tolerances of the accuracy table (none: skip it)")
     parser.add_argument("--accuracy-images", type=int, help="test images of the accuracy table (default: all)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -343,10 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                           args.accuracy_tolerances)
     run_dir = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent.parent
     out = args.out or run_dir / "figure3.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(out)
+    write_text_atomic(out, json.dumps(data, indent=1))
     print(f"figure3: {verdict(data)}\nfigure3: wrote {out}", flush=True)
     if args.png:
         from neuralode.report.runs import read_metrics

@@ -38,6 +38,11 @@ class DataChoice:
         return out + ((f"data.root={self.root}",) if self.root else ())
 
 
+FIG3_TOLS_SHORT = (1e-1, 1e-2, 1e-3, 1e-4)
+FIG3_TOLS_LONG = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
+FIG3_ACCURACY_TOLS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
+
+
 @dataclass(frozen=True)
 class ProfileSpec:
     """Per-profile breadth of the reproduction (the per-run sizes come from ``profile=<name>``)."""
@@ -50,11 +55,9 @@ class ProfileSpec:
     figure3_batch: int
     figure3_repeats: int = 3           # timed forward passes per tolerance (median)
     # The test-time trade-off table: accuracy over the run's whole test set at these tolerances.
-    figure3_accuracy_tolerances: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
+    figure3_accuracy_tolerances: tuple[float, ...] = FIG3_ACCURACY_TOLS
 
 
-FIG3_TOLS_SHORT = (1e-1, 1e-2, 1e-3, 1e-4)
-FIG3_TOLS_LONG = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
 FIG4_TARGETS = ("ring_modes", "wave", "split_wave")
 FIG5_DATASETS = ("two_circles", "two_moons")
 

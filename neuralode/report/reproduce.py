@@ -29,6 +29,7 @@ from typing import Any
 from neuralode.report import writer
 from neuralode.report.plan import FASHION_MNIST_ROOT, PROFILES, DataChoice, Run, build_plan, check_profile
 from neuralode.report.runs import read_metrics, read_run_config
+from neuralode.utils.files import write_text_atomic
 
 CACHE_DIR = "~/.cache/neuralode/data"  # the data configs' default cache_dir
 
@@ -119,10 +120,7 @@ class Reproduction:
         self.start = time.perf_counter()
 
     def save_state(self) -> None:
-        self.runs_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.runs_dir / (writer.STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps(self.state, indent=1))
-        tmp.replace(self.runs_dir / writer.STATE_FILE)
+        write_text_atomic(self.runs_dir / writer.STATE_FILE, json.dumps(self.state, indent=1))
 
     def _log(self, msg: str) -> None:
         print(f"[reproduce {_fmt_s(time.perf_counter() - self.start)}] {msg}", flush=True)

@@ -4,13 +4,14 @@ Everything the report shows comes from files on disk, so the report can be rebui
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from neuralode.utils.files import read_jsonl
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -21,20 +22,9 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     A run killed while writing may leave a truncated last line: it is skipped rather than failing
     the whole report. If an epoch was logged twice (resumed run), the later record wins.
     """
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        return []
     by_epoch: dict[Any, dict[str, Any]] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict):
-            by_epoch[rec.get("epoch", len(by_epoch))] = rec
+    for rec in read_jsonl(Path(run_dir) / METRICS_FILE):
+        by_epoch[rec.get("epoch", len(by_epoch))] = rec
     return list(by_epoch.values())
 
 

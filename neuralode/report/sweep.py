@@ -25,6 +25,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from neuralode.utils.files import read_jsonl
+
 JOBS_FILE = "jobs.jsonl"
 
 
@@ -40,16 +42,7 @@ def _error_line(error: BaseException) -> str:
 
 def read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     """The job records of a sweep, in the order the jobs ended."""
-    path = Path(sweep_dir) / JOBS_FILE
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # a job killed mid-write; the rest are still readable
-            continue
-    return records
+    return read_jsonl(Path(sweep_dir) / JOBS_FILE)
 
 
 class SweepStatus(Callback):

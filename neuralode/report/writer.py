@@ -6,7 +6,6 @@ missing is reported as missing.
 """
 from __future__ import annotations
 
-import json
 import platform
 import shlex
 import shutil
@@ -17,6 +16,7 @@ from typing import Any
 from neuralode.report import figure3, figures, paper, tables
 from neuralode.report.plan import Run
 from neuralode.report.runs import RunSummary, load_run
+from neuralode.utils.files import read_json
 
 STATE_FILE = "reproduce.json"
 FIGURE3_FILE = "figure3.json"
@@ -46,11 +46,8 @@ def machine_info() -> dict[str, Any]:
 
 
 def read_state(runs_dir: Path) -> dict[str, Any]:
-    path = runs_dir / STATE_FILE
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+    state = read_json(runs_dir / STATE_FILE)
+    return state if isinstance(state, dict) else {}
 
 
 def command_line(run: Run, runs_dir: Path) -> str:
@@ -151,7 +148,7 @@ def write_report(profile: str, plan: list[Run], runs_dir: Path, report_dir: Path
     out += ["## Figure 3: statistics of a trained ODE-Net", ""]
     odenet = t1.get("odenet")
     f3_path = (odenet.run_dir if odenet else runs_dir / "table1/odenet") / FIGURE3_FILE
-    f3 = _read_json(f3_path)
+    f3 = read_json(f3_path)
     nfe_epochs = odenet.series("nfe_forward") if odenet else ([], [])
     png = figure3.plot(f3, nfe_epochs, fig_dir / "figure3.png", title="ODE-Net: NFE vs error, time, backward NFE, epoch")
     out += [_img(report_dir, png, "Figure 3"), ""]
@@ -248,13 +245,6 @@ def _profile_blurb(profile: str) -> str:
     return {"smoke": "minutes on a CPU, exercises every step; numbers are meaningless",
             "quick": "about an hour on a CPU: shrunk data and epochs",
             "full": "the paper's settings, meant for a GPU"}.get(profile, "")
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def _figure3_table(f3: dict[str, Any]) -> str:

@@ -203,6 +203,10 @@ class MnistTask:
         bs = self.cfg_data.test_batch_size
         return torch.cat([self.model(_to_input(images[i:i + bs])) for i in range(0, len(images), bs)])
 
+    def test_inputs(self, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``limit`` (all: None) test images as the model takes them, and their labels."""
+        return _to_input(self.test_images[:limit]), self.test_labels[:limit]
+
     def evaluate(self) -> dict[str, float]:
         logits = self._predict(self.test_images)
         self._last_predictions = logits.argmax(1)

@@ -11,6 +11,8 @@ from typing import Any
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
+from neuralode.utils.files import read_jsonl, write_text_atomic
+
 # metrics.jsonl key -> TensorBoard tag; other keys follow _tag()'s rule.
 TAGS = {
     "train_loss": "loss/train",
@@ -43,15 +45,7 @@ class MetricsFile:
         self.path = path
 
     def records(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        out = []
-        for line in self.path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut short by a kill mid-write
-                continue
-        return out
+        return read_jsonl(self.path)
 
     def truncate(self, last_epoch: int) -> None:
         """Keep only the records of epochs up to ``last_epoch`` (those the checkpoint contains)."""
@@ -66,10 +60,7 @@ class MetricsFile:
 
     def replace(self, records: list[Mapping[str, Any]]) -> None:
         """Atomically make ``records`` the whole file (a fresh start over an older run's lines)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json_line(r) for r in records))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(json_line(r) for r in records))
 
 
 def json_line(record: Mapping[str, Any]) -> str:

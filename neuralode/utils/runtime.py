@@ -1,15 +1,17 @@
-"""Run set-up shared by ``train`` and ``eval``: device, seeding, building the task."""
+"""Run set-up shared by ``train``, ``eval`` and the report: device, seeding, building the task, timed evaluation."""
 from __future__ import annotations
 
 import contextlib
 import importlib
 import random
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from neuralode.config import ConfigError
+from neuralode.models.odeblock import collect_solve_stats, reset_solve_stats
 from neuralode.tasks import Task, build_task
 from neuralode.utils.checkpoint import get_rng_state, set_rng_state
 
@@ -58,3 +60,36 @@ def build_task_from_config(cfg: Any, device: torch.device) -> Task:
         raise ConfigError(f"task.module={module_name!r} cannot be imported ({e}); "
                           "name a module on the Python path that defines build(cfg, device)") from e
     return module.build(cfg, device)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work so wall-clock times measure it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_evaluation(task: Task, device: torch.device) -> dict[str, float]:
+    """``task.evaluate()`` plus ``nfe_eval`` (forward NFE per model call) and ``eval_time_s``."""
+    model = task.model
+    calls = 0
+
+    def count_call(*_: Any) -> None:
+        nonlocal calls
+        calls += 1
+
+    hook = model.register_forward_hook(count_call)
+    reset_solve_stats(model)
+    model.eval()
+    synchronize(device)
+    start = time.perf_counter()
+    try:
+        metrics = {k: float(v) for k, v in task.evaluate().items()}
+    finally:
+        hook.remove()
+    synchronize(device)
+    elapsed = time.perf_counter() - start
+    nfe = collect_solve_stats(model).nfe_forward
+    # Tasks that drive sub-modules themselves never call the model: report the total instead of a mean.
+    metrics["nfe_eval"] = nfe / calls if calls else float(nfe)
+    metrics["eval_time_s"] = elapsed
+    return metrics

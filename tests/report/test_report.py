@@ -28,7 +28,6 @@ def common(epoch: int, nfe: float = 0.0) -> dict:
 def runs_dir(tmp_path: Path) -> Path:
     """Synthetic outputs of a smoke reproduction with some runs deliberately missing."""
     runs = tmp_path / "runs"
-    plan = build_plan("smoke", DataChoice("fashion_mnist", "/data/fm", "offline stand-in"))
     accs = {"mlp": 0.8123, "resnet": 0.9012, "rknet": 0.8876}  # odenet missing on purpose
     for model, acc in accs.items():
         write_metrics(runs / f"table1/{model}", [{**common(1, 26.0 if model == "rknet" else 0.0),
