@@ -12,10 +12,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from neuralode.config import config_dir, register_configs
-from neuralode.report.sweep import read_jobs
+from neuralode.utils.sweep import read_jobs
 from report_testdata import write_tiny_idx
 
-SWEEP_CALLBACK = "++hydra.callbacks.sweep_status._target_=neuralode.report.sweep.SweepStatus"
+SWEEP_CALLBACK = "++hydra.callbacks.sweep_status._target_=neuralode.utils.sweep.SweepStatus"
 
 
 def compose_with_hydra(overrides: list[str]):

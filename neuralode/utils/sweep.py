@@ -10,7 +10,7 @@ Enabled in ``configs/config.yaml``::
     hydra:
       callbacks:
         sweep_status:
-          _target_: neuralode.report.sweep.SweepStatus
+          _target_: neuralode.utils.sweep.SweepStatus
 """
 from __future__ import annotations
 
