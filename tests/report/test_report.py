@@ -147,7 +147,9 @@ run_dir.mkdir(parents=True, exist_ok=True)
 '''
 
 
-def test_reproduce_skips_complete_runs_and_reports_failures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_reproduce_skips_complete_runs_and_reports_failures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           jobs: int) -> None:
     from neuralode.report import reproduce
     from report_testdata import write_tiny_idx
 
@@ -158,7 +160,7 @@ def test_reproduce_skips_complete_runs_and_reports_failures(tmp_path: Path, monk
     monkeypatch.setenv("FAKE_CLI_LOG", str(log))
     runs, report = tmp_path / "runs", tmp_path / "report"
     argv = ["--profile", "smoke", "--runs-dir", str(runs), "--report-dir", str(report),
-            "--data", "fashion_mnist", "--data-root", str(write_tiny_idx(tmp_path / "idx"))]
+            "--data", "fashion_mnist", "--data-root", str(write_tiny_idx(tmp_path / "idx")), "--jobs", str(jobs)]
     assert reproduce.main(argv) == 1  # two spiral runs failed, and there is no ODE-Net checkpoint for Figure 3
     calls = log.read_text().split()
     assert len(calls) == len(build_plan("smoke", DataChoice("fashion_mnist")))
@@ -169,3 +171,7 @@ def test_reproduce_skips_complete_runs_and_reports_failures(tmp_path: Path, monk
     assert reproduce.main(argv) == 1
     again = log.read_text().split()[len(calls):]
     assert sorted(again) == ["latent_ode_n50", "rnn_n50"]
+    state = json.loads((runs / "reproduce.json").read_text())
+    assert state["jobs"] == jobs and state["wall_seconds"] > 0
+    # Several at once: each run's output is in its own log file, and each gets its share of the threads.
+    assert (runs / "logs").is_dir() == (jobs > 1)
