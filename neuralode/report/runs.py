@@ -103,14 +103,27 @@ class RunSummary:
 
 
 PARAM_KEYS = ("n_params", "params", "num_params")
+CHECKPOINT = Path("checkpoints") / "last.pt"
+
+
+def count_checkpoint_params(path: Path) -> int | None:
+    """Number of values in a checkpoint's floating-point weights (None if unreadable), for runs logged before
+    the trainer recorded ``n_params``. Read with the one safe loader (tensors and plain containers only)."""
+    from neuralode.utils.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        state = load_checkpoint(path)["model"]
+    except CheckpointError:  # a missing or damaged checkpoint only blanks this one cell
+        return None
+    return sum(v.numel() for v in state.values() if v.is_floating_point())
 
 
 def load_run(run_dir: Path, *, with_params: bool = False) -> RunSummary:
-    """Summary of ``run_dir``; ``with_params`` also reads the parameter count the trainer logs. Checkpoints are
-    never opened: a run folder may come from anywhere, and unpickling can run code."""
+    """Summary of ``run_dir``; ``with_params`` also reads the parameter count the trainer logs (older runs:
+    counted from the checkpoint, loaded without unpickling code, since a run folder may come from anywhere)."""
     run_dir = Path(run_dir)
     run = RunSummary(run_dir=run_dir, records=read_metrics(run_dir), config=read_run_config(run_dir))
     if with_params and run.exists:
         logged = next((run.final(k) for k in PARAM_KEYS if run.final(k) is not None), None)
-        run.n_params = None if logged is None else int(logged)
+        run.n_params = int(logged) if logged is not None else count_checkpoint_params(run_dir / CHECKPOINT)
     return run

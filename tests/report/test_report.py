@@ -175,3 +175,26 @@ def test_reproduce_skips_complete_runs_and_reports_failures(tmp_path: Path, monk
     assert state["jobs"] == jobs and state["wall_seconds"] > 0
     # Several at once: each run's output is in its own log file, and each gets its share of the threads.
     assert (runs / "logs").is_dir() == (jobs > 1)
+
+
+def test_parameter_count_of_an_older_run_comes_from_its_checkpoint_without_unpickling(tmp_path: Path) -> None:
+    import pickle
+
+    import torch
+
+    from neuralode.report.runs import load_run
+    from neuralode.utils.checkpoint import save_checkpoint
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_acc": 0.5}) + "\n")
+    save_checkpoint(run / "checkpoints" / "last.pt", {"model": {"w": torch.zeros(3, 4), "steps": torch.tensor(7)},
+                                                       "optimizer": {}, "epoch": 1, "config": {}, "rng": {}})
+    assert load_run(run, with_params=True).n_params == 12
+
+    class Evil:  # unpickling this would run code: the report must refuse it, not execute it
+        def __reduce__(self):
+            return (exec, ("open(%r, 'w').write('ran')" % str(tmp_path / "pwned"),))
+
+    (run / "checkpoints" / "last.pt").write_bytes(pickle.dumps({"model": Evil()}, protocol=2))
+    assert load_run(run, with_params=True).n_params is None and not (tmp_path / "pwned").exists()
