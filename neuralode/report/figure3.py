@@ -213,6 +213,13 @@ def observations(data: dict[str, Any] | None, nfe_over_epochs: tuple[Sequence[fl
                    f"from {lo['error_state']:.1e} to {hi['error_state']:.1e}.")
         out.append(f"(b) Forward time went from {lo['forward_time_s'] * 1e3:.0f} ms to "
                    f"{hi['forward_time_s'] * 1e3:.0f} ms over the same range.")
+    acc = (data or {}).get("accuracy_by_tolerance") or []
+    if len(acc) >= 2:
+        loose, tight = acc[0], acc[-1]
+        out.append(f"Test-time trade-off: from tolerance {tight['tol']:.0e} to {loose['tol']:.0e} the forward NFE per "
+                   f"batch fell from {tight['nfe_forward']:.0f} to {loose['nfe_forward']:.0f} and the time over "
+                   f"{data['accuracy_images']} test images from {tight['time_s']:.1f} s to {loose['time_s']:.1f} s, "
+                   f"while the test accuracy went from {tight['accuracy']:.2%} to {loose['accuracy']:.2%}.")
     _, nfe = nfe_over_epochs
     if len(nfe) >= 2:
         trend = "rose" if nfe[-1] > nfe[0] else "fell" if nfe[-1] < nfe[0] else "stayed"

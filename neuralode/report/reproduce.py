@@ -256,10 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir = args.runs_dir or Path(f"outputs/reproduce/{args.profile}")
     extra = [f"{flag} {value}" for flag, value in (("--runs-dir", args.runs_dir), ("--data-root", args.data_root),
                                                    ("--threads", args.threads)) if value is not None]
-    extra += [f"--jobs {args.jobs}"] if args.jobs != 1 else []
     extra += [f"--data {args.data}"] if args.data != "auto" else []
     command = (f"make {'report' if args.no_train else 'reproduce'} PROFILE={args.profile} REPORT_DIR={report_dir}"
-               + (f' ARGS="{" ".join(extra)}"' if extra else ""))
+               + ("" if args.no_train else f" JOBS={args.jobs}") + (f' ARGS="{" ".join(extra)}"' if extra else ""))
     failed: list[str] = []
     if args.no_train:
         state = writer.read_state(runs_dir)

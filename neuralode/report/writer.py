@@ -124,8 +124,9 @@ def write_report(profile: str, plan: list[Run], runs_dir: Path, report_dir: Path
         "",
     ]
     if profile != "full":
-        out += [f"> Profile `{profile}` trains on shrunk data for a few epochs, so the numbers below are far from "
-                "converged and are not expected to match the paper's; `full` uses the paper's settings.", ""]
+        out += [f"> Profile `{profile}` trains for far fewer epochs than the paper ({_profile_blurb(profile)}), so "
+                "the numbers below are not converged and are not expected to match the paper's; `full` uses the "
+                "paper's settings.", ""]
 
     # Table 1
     t1 = {r.meta["model"]: runs[r.key] for r in t1_runs}
@@ -243,7 +244,7 @@ def _flow_label(run: Run) -> str:
 
 def _profile_blurb(profile: str) -> str:
     return {"smoke": "minutes on a CPU, exercises every step; numbers are meaningless",
-            "quick": "about an hour on a CPU: shrunk data and epochs",
+            "quick": "under an hour on a 2-core CPU; Table 1: two epochs over the full training set",
             "full": "the paper's settings, meant for a GPU"}.get(profile, "")
 
 
