@@ -15,7 +15,7 @@ JOBS ?= 2
 # width (32 channels), which fits a minute on a 2-core CPU; MNIST-size data sets take profile=smoke.
 DEMO_ARGS_digits = profile=demo model.channels=32
 
-.PHONY: help install demo test test-all smoke bench bench-quick reproduce report clean
+.PHONY: help install demo test test-all lint smoke bench bench-quick reproduce report clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ demo: ## Train the ODE-Net on the embedded digits, offline, in under a minute (D
 
 test: ## Fast tests plus CLI smoke runs (what CI runs)
 	$(PY) -m pytest -q
+
+lint: ## ruff, with the project's rules (pyproject.toml)
+	$(VENV)/bin/ruff check neuralode scripts tests
 
 test-all: ## Every test, slow ones included
 	$(PY) -m pytest -q -m ""

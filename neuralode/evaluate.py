@@ -18,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from neuralode.config import validate_device, validate_solver
 from neuralode.models.odeblock import SolverSpec
-from neuralode.utils.checkpoint import checkpoint_path, load_checkpoint
 from neuralode.tasks import Task
+from neuralode.utils.checkpoint import checkpoint_path, load_checkpoint
 from neuralode.utils.runtime import build_task_from_config, measure_evaluation, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)

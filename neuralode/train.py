@@ -30,14 +30,19 @@ from neuralode.config import ConfigError, validate
 from neuralode.models.odeblock import collect_solve_stats, reset_solve_stats
 from neuralode.solvers import MaxNumStepsError, NonFiniteError
 from neuralode.tasks import Task
-from neuralode.utils.checkpoint import (CheckpointError, get_rng_state, load_checkpoint, save_checkpoint,
-                                        set_rng_state)
+from neuralode.utils.checkpoint import CheckpointError, get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from neuralode.utils.interrupt import StopSignals
 from neuralode.utils.memory import PeakMemory
 from neuralode.utils.metrics import MetricsFile, TensorBoardLog
 from neuralode.utils.rundir import RunDirLock
-from neuralode.utils.runtime import (build_task_from_config, measure_evaluation, preserved_rng, resolve_device,
-                                     seed_everything, synchronize)
+from neuralode.utils.runtime import (
+    build_task_from_config,
+    measure_evaluation,
+    preserved_rng,
+    resolve_device,
+    seed_everything,
+    synchronize,
+)
 
 log = logging.getLogger(__name__)
 

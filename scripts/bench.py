@@ -32,7 +32,6 @@ from neuralode.config import solver_defaults
 from neuralode.models.odeblock import SolverSpec
 
 
-
 class CallCounter:
     """Counts calls of a dynamics module, split by the phase the harness is in (forward / backward)."""
 

@@ -241,8 +241,9 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: outputs/report-<profile>)")
     parser.add_argument("--runs-dir", type=Path, help="where the runs go (default: outputs/reproduce/<profile>)")
     parser.add_argument("--no-train", action="store_true", help="only rebuild the report from existing outputs")
-    parser.add_argument("--data", default="auto", choices=("auto", "mnist", "fashion_mnist"), help="Table 1 data set: auto (MNIST if available, else offline "
-                        "Fashion-MNIST), mnist or fashion_mnist")
+    parser.add_argument("--data", default="auto", choices=("auto", "mnist", "fashion_mnist"),
+                        help="Table 1 data set: auto (MNIST if available, else offline Fashion-MNIST), mnist or "
+                        "fashion_mnist")
     parser.add_argument("--data-root", help="data.root for Table 1 (a folder with the four IDX files)")
     parser.add_argument("--threads", type=int, help="torch threads per run (trainer.threads); default: "
                         "torch's own with --jobs 1, else the CPU count divided by --jobs")

@@ -105,7 +105,7 @@ def write_report(profile: str, plan: list[Run], runs_dir: Path, report_dir: Path
         f"Paper: {paper.PAPER}",
         "",
         f"- **Report written:** {now}",
-        f"- **Training:** "
+        "- **Training:** "
         + (f"{state['wall_seconds'] / 60:.1f} min of wall time (every invocation that trained, summed); "
            if "wall_seconds" in state else "")
         + (f"{state['train_seconds'] / 60:.1f} min of training and measurement in all runs together "

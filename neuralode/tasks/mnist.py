@@ -116,7 +116,8 @@ def validate_config(cfg: DictConfig) -> tuple[MnistTaskConfig, MnistDataConfig, 
            f"task.lr_schedule={task.lr_schedule!r} is unknown; choose one of: {', '.join(LR_SCHEDULES)}")
     _check(0 <= task.momentum < 1, f"task.momentum must be in [0, 1), got {task.momentum}")
     _check(task.weight_decay >= 0, f"task.weight_decay must be >= 0, got {task.weight_decay}")
-    _check(all(0 < f <= 1 for f in task.lr_decay_at), f"task.lr_decay_at holds fractions of trainer.epochs in (0, 1], got {task.lr_decay_at}")
+    _check(all(0 < f <= 1 for f in task.lr_decay_at),
+           f"task.lr_decay_at holds fractions of the run's SGD steps in (0, 1], got {task.lr_decay_at}")
     _check(0 < task.lr_decay_factor <= 1, f"task.lr_decay_factor must be in (0, 1], got {task.lr_decay_factor}")
     for key in ("batch_size", "test_batch_size"):
         _check(getattr(data, key) >= 1, f"data.{key} must be >= 1, got {getattr(data, key)}")

@@ -7,12 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from mnist_testdata import N_TEST, N_TRAIN, tiny_split, write_dataset, write_idx
 
+from neuralode.data import mnist as mnist_data
 from neuralode.data.idx import IDXError, read_idx
 from neuralode.data.mnist import DataError, load_split
-from neuralode.data import mnist as mnist_data
-
-from mnist_testdata import N_TEST, N_TRAIN, tiny_split, write_dataset, write_idx
 
 
 @pytest.mark.parametrize("name", ["a.idx", "a.idx.gz"])

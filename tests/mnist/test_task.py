@@ -7,12 +7,11 @@ from typing import Any
 
 import pytest
 import torch
+from mnist_testdata import N_TEST, N_TRAIN
 from omegaconf import DictConfig, OmegaConf
 
 from neuralode.config import solver_defaults
 from neuralode.tasks.mnist import build, crop, random_offsets
-
-from mnist_testdata import N_TEST, N_TRAIN
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

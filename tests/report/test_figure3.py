@@ -7,12 +7,11 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from report_testdata import write_tiny_idx
 
 from neuralode.config import config_dir, register_configs
 from neuralode.report import figure3
 from neuralode.train import train
-
-from report_testdata import write_tiny_idx
 
 
 def train_tiny(tmp_path: Path, model: str) -> Path:

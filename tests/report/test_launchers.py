@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from report_testdata import write_tiny_idx
 
 from neuralode.config import config_dir, register_configs
 from neuralode.utils.sweep import read_jobs
-from report_testdata import write_tiny_idx
 
 SWEEP_CALLBACK = "++hydra.callbacks.sweep_status._target_=neuralode.utils.sweep.SweepStatus"
 

@@ -150,8 +150,9 @@ run_dir.mkdir(parents=True, exist_ok=True)
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_reproduce_skips_complete_runs_and_reports_failures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                            jobs: int) -> None:
-    from neuralode.report import reproduce
     from report_testdata import write_tiny_idx
+
+    from neuralode.report import reproduce
 
     fake = tmp_path / "fake_cli.py"
     fake.write_text(FAKE_CLI)

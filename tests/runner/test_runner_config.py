@@ -7,7 +7,6 @@ from runner_helpers import compose_config, toy_config
 
 from neuralode.config import ConfigError, config_dir, run_name, validate
 from neuralode.models.odeblock import SolverSpec
-
 from neuralode.solvers import SOLVERS
 
 

@@ -10,8 +10,8 @@ from runner_helpers import toy_config
 
 from neuralode.config import ConfigError, run_name
 from neuralode.train import train
-from neuralode.utils.rundir import MAX_NAME_BYTES, RunDirBusy, RunDirLock, safe_name
 from neuralode.utils.metrics import MetricsFile
+from neuralode.utils.rundir import MAX_NAME_BYTES, RunDirBusy, RunDirLock, safe_name
 
 
 def test_a_second_run_into_a_busy_dir_is_refused_and_the_first_is_untouched(tmp_path):

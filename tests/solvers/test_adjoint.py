@@ -5,10 +5,10 @@ import math
 
 import pytest
 import torch
+from solver_helpers import MLPDynamics
 from torch import nn
 
 from neuralode import SolveStats, odeint, odeint_adjoint
-from solver_helpers import MLPDynamics
 
 
 class TinyDynamics(nn.Module):

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torchdiffeq
 from scipy.integrate import solve_ivp
+from solver_helpers import ADAPTIVE, FIXED, MLPDynamics
 
 from neuralode import SOLVERS, SolveStats, odeint
-from solver_helpers import ADAPTIVE, FIXED, MLPDynamics
 
 
 def _opts(method: str, step: float = 1e-3) -> dict | None:

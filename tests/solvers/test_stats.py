@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from solver_helpers import ADAPTIVE, FIXED, MLPDynamics
 from torch.overrides import TorchFunctionMode
 
 from neuralode import SOLVERS, SolveStats, odeint, odeint_adjoint
-from solver_helpers import ADAPTIVE, FIXED, MLPDynamics
 
 # Tensor methods that copy a device value to the host (a CUDA sync when the tensor lives on a GPU).
 _HOST_READS = {"item", "tolist", "__float__", "__int__", "__bool__", "__index__", "cpu", "numpy"}
