@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from neuralode.config import solver_defaults
 from neuralode.tasks.mnist import build, crop, random_offsets
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
 
 def make_cfg(root: Path, model: str = "mlp", **dotlist: Any) -> DictConfig:

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from neuralode.config import solver_defaults
 from neuralode.tasks import build_task
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
 
 def compose(task: str, model: str, data: str, **task_overrides: object) -> OmegaConf:
