@@ -46,9 +46,7 @@ class _AdjointFunction(torch.autograd.Function):
         with torch.no_grad():
             ys = prob.solve(counted(spec.func, prob.structure, counter), y0, counter, t=t)
         if spec.stats is not None:
-            spec.stats.nfe_forward += counter.nfe
-            spec.stats.steps_accepted_forward += counter.accepted
-            spec.stats.steps_rejected_forward += counter.rejected
+            spec.stats.record(counter.nfe, counter.accepted, counter.rejected, "forward")
         # The parameters themselves (not saved copies): backward differentiates func's graph w.r.t. them.
         ctx.spec, ctx.params = spec, params
         ctx.save_for_backward(t, ys)
@@ -110,9 +108,7 @@ class _AdjointFunction(torch.autograd.Function):
                 # Moving t_0 shifts every later output by -Phi f(t_0, y_0); ys[0] = y0 does not move.
                 grad_t[0] = -(a - grad_ys[0]) @ f(t[0], ys[0])
         if spec.stats is not None:
-            spec.stats.nfe_backward += counter.nfe
-            spec.stats.steps_accepted_backward += counter.accepted
-            spec.stats.steps_rejected_backward += counter.rejected
+            spec.stats.record(counter.nfe, counter.accepted, counter.rejected, "backward")
         grads_p = [g.reshape(p.shape).to(p.dtype) for g, p in zip(a_params.split(p_sizes), params)]
         return (None, a, grad_t, *grads_p)
 
@@ -147,7 +143,7 @@ def odeint_adjoint(func: Callable[[torch.Tensor, State], State], y0: State, t: t
     if fwd.t_host is None:
         raise ValueError("odeint_adjoint cannot run inside CUDA-graph capture (its backward solve is adaptive "
                          "in general); capture odeint with a fixed-step method instead")
-    method = fwd.solver.tableau.name
+    method = fwd.solver.name
     adj_method = method if adjoint_method is None else adjoint_method
     if adjoint_options is None:
         adjoint_options = inherited_options(options) if adj_method == method else {}

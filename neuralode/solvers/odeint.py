@@ -70,7 +70,7 @@ class StateStructure:
             return flat.reshape(flat.shape[:-1] + self.shapes[0])
         lead = flat.shape[:-1]
         parts = [p.reshape(tuple(lead) + tuple(s)) for p, s in zip(flat.split(self.sizes, dim=-1), self.shapes)]
-        return tuple(parts) if self.is_tuple else parts[0]
+        return tuple(parts)
 
     def default_norm(self) -> Norm:
         return MixedNorm(self.sizes)
@@ -102,7 +102,7 @@ def check_options(solver, options: Mapping[str, Any] | None, what: str = "option
         return {}
     if not isinstance(options, Mapping):
         raise TypeError(f"{what} must be a dict, got {type(options).__name__}")
-    name = solver.tableau.name
+    name = solver.name
     for key, value in options.items():
         if key not in solver.valid_options:
             raise ValueError(f"{what}: {key!r} is not an option of method {name!r}; valid: "
@@ -175,13 +175,13 @@ class Problem:
         atol = check_tolerance(what + "atol", atol)
         if solver.adaptive and rtol == 0 and atol == 0:
             raise ValueError(f"{what}rtol and {what}atol cannot both be 0 for the adaptive method "
-                             f"{solver.tableau.name!r}")
+                             f"{solver.name!r}")
         structure = StateStructure(y0) if like is None else like.structure
         opts = check_options(solver, options, what=what + "options")
         t, t_host = check_times(t, structure.dtype, structure.device) if like is None else (like.t, like.t_host)
         if t_host is None and (solver.adaptive or "step_size" in opts):
             raise ValueError("only fixed-step methods on the grid t (no step_size) can run inside CUDA-graph "
-                             f"capture; got method {solver.tableau.name!r}")
+                             f"capture; got method {solver.name!r}")
         norm = opts.pop("norm", None)
         if norm is None:
             norm = structure.default_norm()
@@ -192,13 +192,11 @@ class Problem:
             raise ValueError(f"{what}options['norm'] must be a callable, got {norm!r}")
         return cls(solver, structure, t, t_host, rtol, atol, opts, norm)
 
-    def solve(self, f: Dynamics, y0: torch.Tensor, counter: Counter, t: torch.Tensor | None = None,
-              t_host: list[float] | None = None, norm: Norm | None = None) -> torch.Tensor:
-        """Integrate the flat dynamics ``f`` from the flat ``y0``; returns ``(len(t), N)``."""
+    def solve(self, f: Dynamics, y0: torch.Tensor, counter: Counter, t: torch.Tensor | None = None) -> torch.Tensor:
+        """Integrate the flat dynamics ``f`` from the flat ``y0`` over ``t`` (default: the problem's times;
+        another tensor holds the same values, e.g. one that requires grad); returns ``(len(t), N)``."""
         t = self.t if t is None else t
-        t_host = self.t_host if t_host is None else t_host
-        return integrate(self.solver, f, y0, t, t_host, self.rtol, self.atol, self.options,
-                         self.norm if norm is None else norm, counter)
+        return integrate(self.solver, f, y0, t, self.t_host, self.rtol, self.atol, self.options, self.norm, counter)
 
 
 def integrate(solver, f: Dynamics, y0: torch.Tensor, t: torch.Tensor, t_host: list[float] | None,
@@ -227,7 +225,5 @@ def odeint(func: Callable[[torch.Tensor, State], State], y0: State, t: torch.Ten
     counter = Counter()
     ys = prob.solve(counted(func, prob.structure, counter), prob.structure.flatten(y0, what="y0"), counter)
     if stats is not None:
-        stats.nfe_forward += counter.nfe
-        stats.steps_accepted_forward += counter.accepted
-        stats.steps_rejected_forward += counter.rejected
+        stats.record(counter.nfe, counter.accepted, counter.rejected, "forward")
     return prob.structure.unflatten(ys)

@@ -70,6 +70,7 @@ class FixedGridRK:
 
     def __init__(self, tableau: ButcherTableau) -> None:
         self.tableau = tableau
+        self.name = tableau.name
 
     def solve(self, f: Dynamics, y0: torch.Tensor, t: torch.Tensor, t_host: list[float] | None, *,
               rtol: float, atol: float, norm: Norm, options: Mapping[str, Any], counter: Counter) -> torch.Tensor:
@@ -135,6 +136,7 @@ class AdaptiveRK:
 
     def __init__(self, tableau: ButcherTableau) -> None:
         self.tableau = tableau
+        self.name = tableau.name
 
     def solve(self, f: Dynamics, y0: torch.Tensor, t: torch.Tensor, t_host: list[float], *,
               rtol: float, atol: float, norm: Norm, options: Mapping[str, Any], counter: Counter,

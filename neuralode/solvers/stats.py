@@ -23,6 +23,12 @@ class SolveStats:
         for f in fields(self):
             setattr(self, f.name, 0)
 
+    def record(self, nfe: int, accepted: int, rejected: int, phase: str) -> None:
+        """Add one solve's counts to the ``phase`` (``"forward"`` or ``"backward"``) counters."""
+        setattr(self, f"nfe_{phase}", getattr(self, f"nfe_{phase}") + nfe)
+        setattr(self, f"steps_accepted_{phase}", getattr(self, f"steps_accepted_{phase}") + accepted)
+        setattr(self, f"steps_rejected_{phase}", getattr(self, f"steps_rejected_{phase}") + rejected)
+
     def add(self, other: "SolveStats") -> None:
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
