@@ -234,14 +234,12 @@ def observations(data: dict[str, Any] | None, nfe_over_epochs: tuple[Sequence[fl
 def plot(data: dict[str, Any] | None, nfe_over_epochs: tuple[Sequence[float], Sequence[float]], out_png: Path,
          title: str = "") -> Path:
     """Four panels as in the paper's Figure 3; panels without data say so instead of failing."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from neuralode.report.figures import save_figure
 
-    from neuralode.report.figures import shrink_png
-
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    fig = Figure(figsize=(16, 3.6))
+    axes = fig.subplots(1, 4)
     rows = (data or {}).get("rows", [])
     nfe = [r["nfe_forward"] for r in rows]
     panels = [
@@ -274,11 +272,7 @@ def plot(data: dict[str, Any] | None, nfe_over_epochs: tuple[Sequence[float], Se
     ax.set_title("(d)")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=80)
-    plt.close(fig)
-    return shrink_png(out_png)
+    return save_figure(fig, out_png)
 
 
 def load_odenet(checkpoint: str | Path, batch_size: int | None, device: str = "cpu",

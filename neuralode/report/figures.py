@@ -1,20 +1,20 @@
 """PNG figures for REPORT.md, drawn from run outputs (metrics.jsonl and the tasks' own figures).
 
-Figures are kept small (dpi 80) so a report can be committed with its images.
+Figures are kept small (dpi 80) so a report can be committed with its images. They are drawn with
+matplotlib's object API (``Figure``, no pyplot): no global backend or figure state, so importing this module
+changes nothing for the caller's own plots.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
+import matplotlib.image
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
-
-from neuralode.report import paper  # noqa: E402
-from neuralode.report.runs import RunSummary  # noqa: E402
-from neuralode.report.tables import test_error_pct  # noqa: E402
+from neuralode.report import paper
+from neuralode.report.runs import RunSummary
+from neuralode.report.tables import test_error_pct
 
 DPI = 80
 
@@ -32,11 +32,11 @@ def shrink_png(path: Path, max_width: int = 1400, colors: int = 128) -> Path:
     return path
 
 
-def _save(fig: plt.Figure, out: Path) -> Path:
+def save_figure(fig: Figure, out: Path, dpi: int = DPI) -> Path:
+    """Lay out ``fig``, write it to ``out`` as a small PNG and return the path."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(out, dpi=DPI)
-    plt.close(fig)
+    fig.savefig(out, dpi=dpi)
     return shrink_png(out)
 
 
@@ -45,7 +45,8 @@ def table1_curves(runs: Mapping[str, RunSummary], out: Path) -> Path | None:
     present = {label: run for label, run in runs.items() if run.exists}
     if not present:
         return None
-    fig, (ax_err, ax_nfe) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig = Figure(figsize=(10, 3.6))
+    ax_err, ax_nfe = fig.subplots(1, 2)
     for label, run in present.items():
         epochs = [r.get("epoch", i) for i, r in enumerate(run.records)]
         errs = [test_error_pct(RunSummary(run.run_dir, [r])) for r in run.records]
@@ -63,14 +64,15 @@ def table1_curves(runs: Mapping[str, RunSummary], out: Path) -> Path | None:
     ax_nfe.set_ylabel("NFE forward per batch")
     if ax_nfe.lines:
         ax_nfe.legend(fontsize=8)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def table2_plot(runs: Mapping[tuple[str, int], RunSummary], out: Path) -> Path | None:
     """Spiral test RMSE against the number of observations, ours (solid) and the paper's (dashed)."""
     if not any(r.exists for r in runs.values()):
         return None
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig = Figure(figsize=(5, 3.6))
+    ax = fig.subplots()
     n_obs = list(paper.TABLE2_N_OBS)
     for i, model in enumerate(("latent_ode", "rnn")):
         color = f"C{i}"
@@ -84,15 +86,17 @@ def table2_plot(runs: Mapping[tuple[str, int], RunSummary], out: Path) -> Path |
     ax.set_ylabel("test RMSE")
     ax.set_xticks(n_obs)
     ax.legend(fontsize=8)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
-def image_grid(cells: Sequence[Sequence[tuple[str, Path | None]]], out: Path, cell_size: tuple[float, float]) -> Path | None:
+def image_grid(cells: Sequence[Sequence[tuple[str, Path | None]]], out: Path,
+               cell_size: tuple[float, float]) -> Path | None:
     """Tile existing PNGs (rows of (title, path)) into one figure; a missing image shows as 'missing'."""
     if not any(p is not None and p.is_file() for row in cells for _, p in row):
         return None
     nrows, ncols = len(cells), max(len(row) for row in cells)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(cell_size[0] * ncols, cell_size[1] * nrows), squeeze=False)
+    fig = Figure(figsize=(cell_size[0] * ncols, cell_size[1] * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     for r, row in enumerate(cells):
         for c in range(ncols):
             ax = axes[r][c]
@@ -101,8 +105,8 @@ def image_grid(cells: Sequence[Sequence[tuple[str, Path | None]]], out: Path, ce
                 continue
             title, path = row[c]
             if path is not None and path.is_file():
-                ax.imshow(plt.imread(path))
+                ax.imshow(matplotlib.image.imread(path))
             else:
                 ax.text(0.5, 0.5, "missing", ha="center", va="center", transform=ax.transAxes)
             ax.set_title(title, fontsize=9)
-    return _save(fig, out)
+    return save_figure(fig, out)

@@ -246,14 +246,12 @@ def plot_predictions(path: Path, *, data: SpiralData, rows: torch.Tensor, pred: 
                      model_name: str) -> None:
     """Figs. 6/8 style panels: noise-free spiral, the observations the model saw, and its prediction
     inside the observed window (reconstruction) and beyond it (extrapolation)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     test = data.test
     half = data.n_points // 2
-    fig, axes = plt.subplots(1, len(rows), figsize=(4.2 * len(rows), 4.4), squeeze=False)
+    fig = Figure(figsize=(4.2 * len(rows), 4.4))
+    axes = fig.subplots(1, len(rows), squeeze=False)
     for ax, r in zip(axes[0], rows.tolist()):
         clean = test.clean[r].cpu()
         _, obs_x = test.observations(torch.tensor([r], device=test.obs_idx.device))
@@ -277,7 +275,6 @@ def plot_predictions(path: Path, *, data: SpiralData, rows: torch.Tensor, pred: 
                  f"test RMSE {rmse(pred, test.clean[:, data.eval_idx].cpu(), scored):.4f}", fontsize=12)
     fig.tight_layout(rect=(0, 0.07, 1, 1))  # leave the bottom strip to the legend
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def build(cfg: Any, device: torch.device) -> SpiralTask:
