@@ -8,8 +8,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from neuralode.solvers import SolveStats, odeint, odeint_adjoint
+from neuralode.solvers import SOLVERS, SolveStats, odeint, odeint_adjoint
 from neuralode.solvers.adjoint import inherited_options
+
+# The runner's step cap for adaptive solves (the public odeint has none): dynamics a bad learning rate blew up
+# end in one clear line instead of an epoch that never finishes. solver.options.max_num_steps overrides it.
+RUNNER_MAX_NUM_STEPS = 10_000
 
 
 @dataclass
@@ -25,17 +29,22 @@ class SolverSpec:
 
     @classmethod
     def from_config(cls, solver_cfg: Mapping[str, Any], default_tol: float) -> "SolverSpec":
-        """Resolve ``tol``/``rtol``/``atol``: ``tol`` (or the task's default) sets both, each may override."""
+        """Resolve ``tol``/``rtol``/``atol``: ``tol`` (or the task's default) sets both, each may override.
+        Adaptive methods get the runner's step cap unless the options set one."""
         tol = solver_cfg.get("tol")
         tol = default_tol if tol is None else tol
         rtol = solver_cfg.get("rtol")
         atol = solver_cfg.get("atol")
+        method = solver_cfg["method"]
+        options = dict(solver_cfg.get("options") or {})
+        if method in SOLVERS and SOLVERS[method].adaptive:
+            options.setdefault("max_num_steps", RUNNER_MAX_NUM_STEPS)
         return cls(
-            method=solver_cfg["method"],
+            method=method,
             rtol=float(tol if rtol is None else rtol),
             atol=float(tol if atol is None else atol),
             adjoint=bool(solver_cfg.get("adjoint", True)),
-            options=dict(solver_cfg.get("options") or {}),
+            options=options,
             adjoint_options=dict(solver_cfg.get("adjoint_options") or {}),
         )
 

@@ -218,8 +218,8 @@ def odeint(func: Callable[[torch.Tensor, State], State], y0: State, t: torch.Ten
 
     ``method``: one of :data:`SOLVERS` (default ``dopri5``). ``options``: fixed-step methods take
     ``step_size`` (default: step on the grid ``t``); adaptive ones ``first_step``, ``safety``, ``ifactor``,
-    ``dfactor``, ``min_step``, ``max_step``, ``max_num_steps`` (default 10000) and ``norm`` (a callable on
-    the state). ``stats``: NFE and accepted/rejected steps are added into it.
+    ``dfactor``, ``min_step``, ``max_step``, ``max_num_steps`` (default: no cap, as torchdiffeq; the
+    training runner sets 10000) and ``norm`` (a callable on the state). ``stats``: NFE and accepted/rejected steps are added into it.
     """
     prob = Problem.build(y0, t, rtol, atol, method, options)
     counter = Counter()

@@ -24,7 +24,6 @@ from neuralode.solvers.tableaus import TABLEAUS, ButcherTableau
 Dynamics = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 # Finite so that a too-tight tolerance fails with a message instead of running for hours.
-DEFAULT_MAX_NUM_STEPS = 10_000
 # Consecutive rejections for non-finite values before giving up (dfactor**40 is far below any useful h).
 _MAX_NONFINITE_REJECTS = 40
 
@@ -150,7 +149,8 @@ class AdaptiveRK:
         ctrl = PIController(tab.error_order, float(options.get("safety", 0.9)), float(options.get("ifactor", 10.0)),
                             float(options.get("dfactor", 0.2)), float(options.get("min_step", 0.0)),
                             float(options.get("max_step", math.inf)))
-        max_steps = int(options.get("max_num_steps", DEFAULT_MAX_NUM_STEPS))
+        # No cap unless asked (torchdiffeq has none either); the training runner sets one (RUNNER_MAX_NUM_STEPS).
+        max_steps = options.get("max_num_steps") or math.inf
         user_t = lambda s: time_sign * s  # noqa: E731  (times in messages are the caller's times)
 
         tn, tn_host, y = t[0], t_host[0], y0
@@ -204,7 +204,9 @@ class AdaptiveRK:
                     err3 = norm(comb[2].mul(h_dev).div_(scale))
                     err = err * err / torch.sqrt(err * err + 0.01 * err3 * err3).clamp_min(torch.finfo(err.dtype).tiny)
                 ratio = float(err)  # the one host sync of this step
-            accepted = ratio <= 1.0
+            # A step already at min_step is taken whatever its error, as torchdiffeq does: rejecting it again
+            # could only repeat it.
+            accepted = ratio <= 1.0 or (ctrl.min_step > 0 and h_step <= ctrl.min_step and math.isfinite(ratio))
             h_next = ctrl.next_step(h_step, ratio, accepted)
             if not accepted:
                 counter.rejected += 1

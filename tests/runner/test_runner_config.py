@@ -59,6 +59,13 @@ def test_overrides_and_options():
     assert (spec.method, spec.options, spec.adjoint) == ("rk4", {"step_size": 0.1}, False)
 
 
+def test_the_runner_caps_adaptive_steps_and_the_options_override_it():
+    assert SolverSpec.from_config(toy_config().solver, 1e-3).options == {"max_num_steps": 10_000}
+    assert SolverSpec.from_config(toy_config("++solver.options.max_num_steps=7").solver, 1e-3).options == {
+        "max_num_steps": 7}
+    assert SolverSpec.from_config(toy_config("solver=rk4").solver, 1e-3).options == {}  # fixed steps: no cap
+
+
 def test_adjoint_options_add_to_the_forward_options():
     cfg = toy_config("++solver.options.max_num_steps=50", "++solver.options.norm=seminorm",
                      "++solver.adjoint_options.norm=seminorm", "++solver.adjoint_options.first_step=0.1")

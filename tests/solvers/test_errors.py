@@ -1,10 +1,12 @@
 """Bad input and unsolvable problems fail with one clear line, never a hang."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from neuralode import SOLVERS, odeint, odeint_adjoint
+from neuralode import SOLVERS, SolveStats, odeint, odeint_adjoint
 from neuralode.solvers import MaxNumStepsError, NonFiniteError
 
 T = torch.tensor([0.0, 1.0])
@@ -116,3 +118,24 @@ def test_adjoint_needs_parameters_of_a_plain_function():
         odeint_adjoint(decay, torch.ones(2), T, adjoint_method="nope", adjoint_params=())
     with pytest.raises(ValueError, match=r"adjoint_options\['norm'\] must be 'seminorm'"):
         odeint_adjoint(decay, torch.ones(2), T, adjoint_options=dict(norm="l1"), adjoint_params=())
+
+
+def test_the_public_odeint_has_no_step_cap_unless_asked(float64_single_thread):
+    """torchdiffeq has none: a long solve succeeds; max_num_steps still caps when given."""
+    stats = SolveStats()
+    # The issue's case: adaptive_heun at torchdiffeq's default tolerances on t in [1, 8], about 13,000 steps.
+    y = odeint(lambda t, y: -y, torch.tensor([1.0]), torch.tensor([1.0, 8.0]), rtol=1e-7, atol=1e-9,
+               method="adaptive_heun", stats=stats)
+    assert stats.steps_accepted_forward > 10_000 and float(y[-1]) == pytest.approx(math.exp(-7), rel=1e-5)
+    with pytest.raises(MaxNumStepsError, match="max_num_steps=100 exceeded"):
+        odeint(lambda t, y: -y, torch.tensor([1.0]), torch.tensor([1.0, 8.0]), rtol=1e-7, atol=1e-9,
+               method="adaptive_heun", options=dict(max_num_steps=100))
+
+
+def test_a_step_at_min_step_is_accepted(float64_single_thread):
+    """As in torchdiffeq: at min_step the step is taken whatever its error estimate says."""
+    stats = SolveStats()
+    y = odeint(lambda t, y: -50 * y, torch.tensor([1.0]), torch.tensor([0.0, 1.0]), rtol=1e-12, atol=1e-14,
+               method="dopri5", options=dict(min_step=0.05, first_step=0.05), stats=stats)
+    assert stats.steps_rejected_forward == 0 and stats.steps_accepted_forward == 20
+    assert torch.isfinite(y).all()
