@@ -147,7 +147,8 @@ def validate_solver(solver: Any, key: str = "solver") -> None:
         for group in ("options", "adjoint_options"):
             options = solver.get(group)
             try:  # the solver core's own check, before any data is loaded, under the config's key names
-                check_options(SOLVERS[method], None if options is None else dict(options), f"{key}.{group}")
+                check_options(SOLVERS[method], None if options is None else dict(options), f"{key}.{group}",
+                              strict=True)
             except (TypeError, ValueError) as e:
                 raise ConfigError(str(e)) from None
     for name in ("tol", "rtol", "atol"):

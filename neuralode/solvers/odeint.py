@@ -6,6 +6,7 @@ keyword-only ``stats`` the solver adds its work counts into.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Union
@@ -97,16 +98,23 @@ def resolve_method(method: str | None, what: str = "method"):
     return SOLVERS[method]
 
 
-def check_options(solver, options: Mapping[str, Any] | None, what: str = "options") -> dict[str, Any]:
+def check_options(solver, options: Mapping[str, Any] | None, what: str = "options", strict: bool = False) -> dict[str, Any]:
+    """The options a method takes, with their values checked. An unknown key is dropped with a warning, as
+    torchdiffeq does (code written for it keeps running); ``strict`` (the runner's config) refuses it."""
     if options is None:
         return {}
     if not isinstance(options, Mapping):
         raise TypeError(f"{what} must be a dict, got {type(options).__name__}")
     name = solver.name
+    known = {}
     for key, value in options.items():
         if key not in solver.valid_options:
-            raise ValueError(f"{what}: {key!r} is not an option of method {name!r}; valid: "
-                             f"{', '.join(solver.valid_options)}")
+            message = f"{what}: {key!r} is not an option of method {name!r}; valid: {', '.join(solver.valid_options)}"
+            if strict:
+                raise ValueError(message)
+            warnings.warn(message + " (ignored)", stacklevel=4)
+            continue
+        known[key] = value
         if key in _OPTION_CHECKS:
             ok, want = _OPTION_CHECKS[key]
             try:
@@ -115,7 +123,7 @@ def check_options(solver, options: Mapping[str, Any] | None, what: str = "option
                 good = False
             if not good:
                 raise ValueError(f"{what}[{key!r}] must be {want}, got {value!r}")
-    return dict(options)
+    return known
 
 
 def check_times(t: Any, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, list[float] | None]:
@@ -219,7 +227,8 @@ def odeint(func: Callable[[torch.Tensor, State], State], y0: State, t: torch.Ten
     ``method``: one of :data:`SOLVERS` (default ``dopri5``). ``options``: fixed-step methods take
     ``step_size`` (default: step on the grid ``t``); adaptive ones ``first_step``, ``safety``, ``ifactor``,
     ``dfactor``, ``min_step``, ``max_step``, ``max_num_steps`` (default: no cap, as torchdiffeq; the
-    training runner sets 10000) and ``norm`` (a callable on the state). ``stats``: NFE and accepted/rejected steps are added into it.
+    training runner sets 10000) and ``norm`` (a callable on the state); an unknown key is ignored with a warning.
+    ``stats``: NFE and accepted/rejected steps are added into it.
     """
     prob = Problem.build(y0, t, rtol, atol, method, options)
     counter = Counter()

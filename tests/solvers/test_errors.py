@@ -93,6 +93,14 @@ def test_nonfinite_unrecoverable_raises_clearly():
 @pytest.mark.parametrize("method,options,match", [
     ("dopri5", dict(step_size=0.1), "'step_size' is not an option of method 'dopri5'; valid: first_step"),
     ("rk4", dict(first_step=0.1), "'first_step' is not an option of method 'rk4'; valid: step_size"),
+])
+def test_unknown_options_are_ignored_with_a_warning_as_torchdiffeq(method, options, match):
+    with pytest.warns(UserWarning, match=match):
+        y = odeint(decay, torch.ones(2), T, method=method, options=options)
+    assert torch.allclose(y, odeint(decay, torch.ones(2), T, method=method))
+
+
+@pytest.mark.parametrize("method,options,match", [
     ("rk4", dict(step_size=-0.1), r"options\['step_size'\] must be a positive finite number"),
     ("dopri5", dict(max_num_steps=0), r"options\['max_num_steps'\] must be a positive integer"),
     ("dopri5", dict(norm="l2"), r"options\['norm'\] must be a callable"),
