@@ -101,13 +101,16 @@ def test_train_then_eval(tmp_path: Path):
 
 @pytest.mark.parametrize(("args", "message"), [
     (("checkpoint=nowhere",), "no checkpoint at nowhere"),
+    (("checkpoint=metrics.jsonl",), "checkpoint metrics.jsonl is damaged or not a torch file"),
     ((), "checkpoint is required; add checkpoint=<value>"),
     (("checkpoint=x", "solver.tol=-1"), "solver.tol=-1.0 is invalid"),
     (("checkpoint=x", "solver=rk5"), "unknown solver option 'rk5'"),
 ])
 def test_eval_errors_are_one_line(monkeypatch, capsys, tmp_path: Path, args: tuple[str, ...], message: str):
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n')
     code, err = run_main(monkeypatch, capsys, tmp_path, "eval", *args)
     assert_one_line_error(code, err, "neuralode eval", message)
+    assert "training then starts over" not in err and "delete" not in err
 
 
 @pytest.mark.parametrize(("override", "message"), [

@@ -69,3 +69,14 @@ def test_a_non_finite_loss_stops_before_the_optimiser_step(tmp_path, monkeypatch
     assert "the training loss is nan at step 1" in str(err.value) and "lower the learning rate" in str(err.value)
     assert "keeps epoch 1, and the same command resumes from it" in str(err.value)
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"] == 1
+
+
+def test_a_fresh_start_with_a_bad_option_is_refused_before_touching_the_older_run(tmp_path):
+    """The issue's repro: finish a run, rerun it with trainer.resume=false and a bogus solver option."""
+    run_dir = tmp_path / "run"
+    train(toy_config("trainer.epochs=2"), run_dir)
+    metrics = (run_dir / "metrics.jsonl").read_text()
+    with pytest.raises(ConfigError, match=r"solver.options: 'bogus' is not an option of method 'dopri5'"):
+        train(toy_config("trainer.epochs=2", "trainer.resume=false", "++solver.options.bogus=1"), run_dir)
+    assert (run_dir / "metrics.jsonl").read_text() == metrics
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"] == 2

@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from mnist_testdata import N_TEST, N_TRAIN
@@ -134,3 +135,13 @@ def test_bad_values_get_one_clear_line(idx_root: Path, dotlist: dict[str, Any], 
     with pytest.raises(ValueError) as err:
         build(make_cfg(idx_root, **dotlist), torch.device("cpu"))
     assert match in str(err.value) and "\n" not in str(err.value)
+
+
+def test_labels_out_of_range_are_one_line(tmp_path: Path) -> None:
+    from mnist_testdata import write_dataset, write_idx
+
+    root = write_dataset(tmp_path / "idx")
+    write_idx(root / "t10k-labels-idx1-ubyte.gz", np.full(N_TEST, 12, np.uint8))
+    with pytest.raises(ValueError) as err:
+        build(make_cfg(root), torch.device("cpu"))
+    assert "labels must lie in 0..9 for fashion_mnist, found 12..12" in str(err.value) and "\n" not in str(err.value)
