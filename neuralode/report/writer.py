@@ -175,11 +175,18 @@ def write_report(profile: str, plan: list[Run], runs_dir: Path, report_dir: Path
             tables.table2(t2), "",
             _img(report_dir, figures.table2_plot(t2, fig_dir / "table2_rmse.png"), "Table 2 RMSE vs observations"), ""]
     n_min = min(paper.TABLE2_N_OBS)
-    cells = [[(f"{paper.TABLE2_LABELS[m]}, n_obs={n_min}", _first_png(t2[(m, n_min)].run_dir))]
+    cells = [[(f"{paper.TABLE2_LABELS[m]}, n_obs={n_min}", _first_png(t2[(m, n_min)].run_dir, "spiral_*.png"))]
              for m in ("latent_ode", "rnn") if (m, n_min) in t2]  # one wide row of test spirals per model
     if cells:
         out += [_img(report_dir, figures.image_grid(cells, fig_dir / "table2_spirals.png", (12, 3.4)),
                      "Spiral reconstructions"), ""]
+    latent = t2.get(("latent_ode", n_min))
+    for name, title, size in (("latent_trajectories", "Fig. 8(c): latent trajectories", (6, 5.4)),
+                              ("latent_interpolation", "Fig. 9: one latent dimension varied", (14, 3.8))):
+        png = _first_png(latent.run_dir, f"{name}_*.png") if latent else None
+        if png is not None:
+            out += [_img(report_dir, figures.image_grid([[(f"{title}, latent ODE n_obs={n_min}", png)]],
+                                                        fig_dir / f"{name}.png", size), title), ""]
 
     # Figure 4
     f4 = {(str(r.meta["data"]), str(r.meta["model"]), int(r.meta["size"])): runs[r.key]

@@ -32,7 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import torch
+from matplotlib.figure import Figure
 from torch import nn
 
 from neuralode.models.latent_ode import LatentODE
@@ -236,18 +238,78 @@ class SpiralTask:
         # A few test spirals of each direction, so both kinds of curve are shown.
         per_dir = max(1, self.n_figure_spirals // 2)
         rows = torch.cat([torch.nonzero(test.clockwise.cpu() == d).squeeze(1)[:per_dir] for d in (False, True)])
-        path = out_dir / f"spiral_{self.model_name}_n{test.obs_idx.shape[1]}.png"
+        n_obs = test.obs_idx.shape[1]
+        path = out_dir / f"spiral_{self.model_name}_n{n_obs}.png"
         plot_predictions(path, data=self.data, rows=rows, pred=pred, scored=self.scored_mask().cpu(),
                          model_name=self.model_name)
-        return [path]
+        if not isinstance(self.model, LatentODE):
+            return [path]
+        return [path, self._plot_latent_trajectories(out_dir / f"latent_trajectories_n{n_obs}.png"),
+                self._plot_latent_interpolation(out_dir / f"latent_interpolation_n{n_obs}.png", int(rows[0]))]
+
+    @torch.no_grad()
+    def _test_posterior_means(self) -> torch.Tensor:
+        self.model.eval()
+        obs_idx, obs_x = self.data.test.observations()
+        z0, _ = self.model.encode(self.data.t, obs_idx, obs_x)
+        return z0
+
+    def _plot_latent_trajectories(self, path: Path) -> Path:
+        """Fig. 8(c): every test spiral's latent trajectory z(t) (from its posterior mean z0, over the observed
+        window and the extrapolation), projected on the first two principal components of all of them and
+        coloured by the spiral's direction."""
+        with torch.no_grad():
+            zs = self.model.ode(self._test_posterior_means(), self.data.t, last_only=False).transpose(0, 1).cpu()
+        flat = zs.reshape(-1, zs.shape[-1])
+        _, _, v = torch.pca_lowrank(flat, q=2, center=True)
+        proj = ((zs - flat.mean(0)) @ v[:, :2]).numpy()  # [N, T, 2]
+        clockwise = self.data.test.clockwise.cpu().numpy()
+        fig = Figure(figsize=(5.6, 5))
+        ax = fig.subplots()
+        for label, mask, color in (("counter-clockwise", ~clockwise, "tab:blue"), ("clockwise", clockwise, "tab:red")):
+            for i, p in enumerate(proj[mask]):
+                ax.plot(p[:, 0], p[:, 1], color=color, lw=0.6, alpha=0.5, label=label if i == 0 else None)
+            ax.scatter(proj[mask][:, 0, 0], proj[mask][:, 0, 1], s=6, color=color, zorder=3)
+        ax.set_xlabel("latent PC 1")
+        ax.set_ylabel("latent PC 2")
+        ax.legend(fontsize=8)
+        ax.set_title(f"latent trajectories of {len(proj)} test spirals (dots: z(t0))", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        return path
+
+    def _plot_latent_interpolation(self, path: Path, row: int, steps: int = 7) -> Path:
+        """Fig. 9: one test spiral's posterior mean z0 with one latent dimension swept over its range among the
+        test spirals (the others fixed), each decoded into a data-space trajectory: what each dimension means."""
+        z_all = self._test_posterior_means()
+        z0 = z_all[row]
+        latent = z_all.shape[1]
+        grid_idx = torch.arange(len(self.data.t), device=z0.device)
+        fig = Figure(figsize=(3.6 * latent, 3.8))
+        axes = fig.subplots(1, latent, squeeze=False)[0]
+        cmap = matplotlib.colormaps["viridis"]
+        for d, ax in enumerate(axes):
+            values = torch.linspace(float(z_all[:, d].min()), float(z_all[:, d].max()), steps, device=z0.device)
+            z = z0.repeat(steps, 1)
+            z[:, d] = values
+            with torch.no_grad():
+                x = self.model.decode(z, self.data.t, grid_idx).cpu().numpy()  # [steps, T, 2]
+            for k in range(steps):
+                ax.plot(x[k, :, 0], x[k, :, 1], color=cmap(k / max(1, steps - 1)), lw=1.2)
+                ax.plot(x[k, 0, 0], x[k, 0, 1], "o", color=cmap(k / max(1, steps - 1)), ms=3)
+            ax.set_title(f"z{d + 1} from {float(values[0]):.2f} to {float(values[-1]):.2f}", fontsize=9)
+            ax.set_aspect("equal", adjustable="datalim")
+        fig.suptitle(f"decoded trajectories as one latent dimension of test spiral {row}'s z0 varies "
+                     "(purple to yellow; dots: start)", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        return path
 
 
 def plot_predictions(path: Path, *, data: SpiralData, rows: torch.Tensor, pred: torch.Tensor, scored: torch.Tensor,
                      model_name: str) -> None:
     """Figs. 6/8 style panels: noise-free spiral, the observations the model saw, and its prediction
     inside the observed window (reconstruction) and beyond it (extrapolation)."""
-    from matplotlib.figure import Figure
-
     test = data.test
     half = data.n_points // 2
     fig = Figure(figsize=(4.2 * len(rows), 4.4))

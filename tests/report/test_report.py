@@ -199,3 +199,18 @@ def test_parameter_count_of_an_older_run_comes_from_its_checkpoint_without_unpic
 
     (run / "checkpoints" / "last.pt").write_bytes(pickle.dumps({"model": Evil()}, protocol=2))
     assert load_run(run, with_params=True).n_params is None and not (tmp_path / "pwned").exists()
+
+
+def test_the_latent_space_figures_show_under_table_2(runs_dir: Path, tmp_path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    figs = runs_dir / "table2/latent_ode_n30/figures"
+    figs.mkdir(parents=True)
+    for name in ("spiral_latent_ode_n30", "latent_trajectories_n30", "latent_interpolation_n30"):
+        Figure(figsize=(2, 2)).savefig(figs / f"{name}.png")
+    text = write_report("smoke", build_plan("smoke", DataChoice("fashion_mnist")), runs_dir,
+                        tmp_path / "report").read_text()
+    table2 = text.split("## Table 2")[1].split("## Figure 4")[0]
+    assert "![Fig. 8(c): latent trajectories](figures/latent_trajectories.png)" in table2
+    assert "![Fig. 9: one latent dimension varied](figures/latent_interpolation.png)" in table2
+    assert (tmp_path / "report/figures/latent_trajectories.png").is_file()

@@ -32,6 +32,10 @@ def test_train_smoke(tmp_path: Path, model: str, n_obs: int) -> None:
         assert math.isfinite(record[key]), key
     assert (record["nfe_forward"] > 0) == (model == "latent_ode")  # only the latent ODE solves an ODE
     assert (tmp_path / "figures" / f"spiral_{model}_n{n_obs}.png").stat().st_size > 0
+    # The latent ODE also draws its latent space (paper Figs. 8c and 9); the RNNs have none.
+    latent = sorted(p.name for p in (tmp_path / "figures").glob("latent_*.png"))
+    expected = [f"latent_interpolation_n{n_obs}.png", f"latent_trajectories_n{n_obs}.png"]
+    assert latent == (expected if model == "latent_ode" else [])
 
 
 @pytest.mark.smoke
