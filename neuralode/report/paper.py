@@ -47,6 +47,10 @@ FIGURE3_CLAIMS: tuple[str, ...] = (
 )
 
 # Figures 4 and 5 have no numeric values in the paper: they are plots. The claims they support:
+FIGURE7_CLAIM = (
+    "A latent ODE whose state sets the rate of a Poisson process learns the intensity behind event "
+    "sequences: the fact that an event occurred tells it something about the latent state."
+)
 FIGURE4_WIDTHS: tuple[int, ...] = (2, 8, 32)  # K (planar NF layers) = M (CNF hidden units)
 FIGURE4_CLAIM = (
     "A planar CNF with M hidden units is at least as expressive as a planar NF with K = M layers, "

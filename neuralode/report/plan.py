@@ -16,7 +16,7 @@ FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 @dataclass(frozen=True)
 class Run:
     key: str                 # run dir relative to the runs dir, also the name shown in progress lines
-    section: str             # table1 | table2 | figure4 | figure5
+    section: str             # table1 | table2 | figure4 | figure5 | figure7
     overrides: tuple[str, ...]
     meta: dict[str, str | int] = field(default_factory=dict, compare=False)  # model, n_obs, data, size
 
@@ -91,6 +91,8 @@ def build_plan(profile: str, data: DataChoice) -> list[Run]:
         for n in paper.TABLE2_N_OBS:
             runs.append(Run(f"table2/{model}_n{n}", "table2", ("task=spiral", f"model={model}", f"data.n_obs={n}", p),
                             {"model": model, "n_obs": n}))
+    for model in ("latent_ode_poisson", "poisson_const"):
+        runs.append(Run(f"figure7/{model}", "figure7", ("task=poisson", f"model={model}", p), {"model": model}))
     for target in spec.cnf_targets:
         for k in spec.cnf_sizes:
             runs.append(Run(f"figure4/{target}/planar_k{k}", "figure4",

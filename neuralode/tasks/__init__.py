@@ -14,6 +14,7 @@ TASKS: dict[str, str] = {
     "spiral": "neuralode.tasks.spiral",
     "cnf": "neuralode.tasks.cnf",
     "cnf_match": "neuralode.tasks.cnf_match",
+    "poisson": "neuralode.tasks.poisson",
 }
 
 

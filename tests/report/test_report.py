@@ -214,3 +214,15 @@ def test_the_latent_space_figures_show_under_table_2(runs_dir: Path, tmp_path: P
     assert "![Fig. 8(c): latent trajectories](figures/latent_trajectories.png)" in table2
     assert "![Fig. 9: one latent dimension varied](figures/latent_interpolation.png)" in table2
     assert (tmp_path / "report/figures/latent_trajectories.png").is_file()
+
+
+def test_figure7_section_has_both_models_and_the_true_nll(runs_dir: Path, tmp_path: Path) -> None:
+    write_metrics(runs_dir / "figure7/latent_ode_poisson", [{**common(1, 60.0), "test_nll": 4.321, "true_nll": 3.111,
+                                                            "intensity_rmse": 0.456}])
+    write_metrics(runs_dir / "figure7/poisson_const", [{**common(1), "test_nll": 9.876, "true_nll": 3.111,
+                                                       "intensity_rmse": 1.234}])
+    text = write_report("smoke", build_plan("smoke", DataChoice("fashion_mnist")), runs_dir,
+                        tmp_path / "report").read_text()
+    section = text.split("## Figure 7")[1].split("## Figure 4")[0]
+    assert "| latent_ode_poisson | 4.321 | 3.111 | 0.456 | 60.0 |" in section
+    assert "| poisson_const | 9.876 | 3.111 | 1.234 |" in section and "Paper's claim" in section
