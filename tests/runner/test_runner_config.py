@@ -98,7 +98,8 @@ def test_value_checks(override: str, message: str):
 
 
 TASK_MODELS = {"mnist": ("odenet", "rknet", "resnet", "mlp"), "spiral": ("latent_ode", "rnn", "rnn_dt"),
-               "cnf": ("cnf", "planar"), "cnf_match": ("cnf", "planar")}
+               "cnf": ("cnf", "planar"), "cnf_match": ("cnf", "planar"),
+               "poisson": ("latent_ode_poisson", "poisson_const")}
 
 
 @pytest.mark.parametrize("profile", ["smoke", "quick", "full"])

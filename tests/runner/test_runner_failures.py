@@ -80,3 +80,29 @@ def test_a_fresh_start_with_a_bad_option_is_refused_before_touching_the_older_ru
         train(toy_config("trainer.epochs=2", "trainer.resume=false", "++solver.options.bogus=1"), run_dir)
     assert (run_dir / "metrics.jsonl").read_text() == metrics
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"] == 2
+
+
+def test_an_unwritable_checkpoint_folder_is_found_before_training(tmp_path, monkeypatch):
+    """As root every folder is writable, so the check is exercised by making os.access say no."""
+    import os
+
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path).endswith("checkpoints") else
+                        real_access(path, mode))
+    with pytest.raises(PermissionError, match=r"checkpoints is not writable, so no checkpoint could be saved"):
+        train(toy_config("trainer.epochs=1"), tmp_path / "run")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_an_unwritable_run_dir_is_named_not_hydras_logging_handler():
+    from neuralode.cli import describe_error
+
+    try:
+        try:
+            raise PermissionError(13, "Permission denied", "/runs/x/train.log")
+        except PermissionError as e:
+            raise ValueError("Unable to configure handler 'file'") from e
+    except ValueError as error:
+        message = describe_error(error)
+    assert "Permission denied: '/runs/x/train.log'" in message and "hydra.run.dir" in message
+    assert "Unable to configure" not in message
