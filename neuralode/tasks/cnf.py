@@ -7,74 +7,30 @@ cannot be sampled in closed form, so its run draws no sample snapshots.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from matplotlib.figure import Figure
-from torch import nn
 
 from neuralode.data import toy2d
-from neuralode.models.cnf import CNF, PlanarFlow, build_flow
-from neuralode.models.odeblock import SolverSpec
+from neuralode.models.cnf import CNF
 from neuralode.tasks.base import StepOutput
-
-HELD_OUT_SEED_OFFSET = 10_007  # held-out draws come from their own generator, never from the training stream
-
-
-def flow_from_config(cfg: Any, device: torch.device) -> CNF | PlanarFlow:
-    solver = SolverSpec.from_config(cfg.solver, default_tol=float(cfg.task.default_tol))
-    return build_flow(cfg.model, solver).to(device)
+from neuralode.tasks.flow2d import Flow2DTask, density_panel, finish_panel, in_chunks, samples_panel
 
 
-def data_kind(cfg: Any, expected: str, task: str, hint: str) -> None:
-    kind = cfg.data.get("kind")
-    if kind != expected:
-        raise ValueError(f"task={task} needs a 2-D {expected} data set ({hint}); data={cfg.data.name} is not one")
-
-
-def adam(cfg: Any, model: nn.Module) -> tuple[torch.optim.Optimizer, None]:
-    return torch.optim.Adam(model.parameters(), lr=float(cfg.task.lr),
-                            weight_decay=float(cfg.task.get("weight_decay", 0.0))), None
-
-
-def in_chunks(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: int) -> torch.Tensor:
-    """Apply fn to rows of x in chunks (bounded memory for grid and test-set evaluations)."""
-    return torch.cat([fn(x[i:i + size]) for i in range(0, x.shape[0], size)])
-
-
-def density_panel(ax, xx: torch.Tensor, yy: torch.Tensor, density: torch.Tensor, title: str) -> None:
-    ax.pcolormesh(xx.numpy(), yy.numpy(), density.reshape(xx.shape).numpy(), cmap="viridis", shading="auto")
-    finish_panel(ax, float(xx.max()), title)
-
-
-def finish_panel(ax, half_width: float, title: str) -> None:
-    ax.set_xlim(-half_width, half_width)
-    ax.set_ylim(-half_width, half_width)
-    ax.set_aspect("equal")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title(title, fontsize=9)
-
-
-def samples_panel(ax, x: torch.Tensor, half_width: float, title: str) -> None:
-    ax.hist2d(x[:, 0].numpy(), x[:, 1].numpy(), bins=80, range=[[-half_width, half_width]] * 2, cmap="viridis")
-    finish_panel(ax, half_width, title)
-
-
-class CNFTask:
+class CNFTask(Flow2DTask):
     """Maximum likelihood on samples from a 2-D toy distribution."""
 
+    data_kind = "samples"
+
     def __init__(self, cfg: Any, device: torch.device) -> None:
-        data_kind(cfg, "samples", "cnf", f"one of: {', '.join(toy2d.SAMPLERS)}")
-        self.cfg, self.device = cfg, device
+        super().__init__(cfg, device, "cnf", f"one of: {', '.join(toy2d.SAMPLERS)}")
         self.sampler = partial(toy2d.sampler(cfg.data.name), **dict(cfg.data.get("params") or {}))
-        self.model = flow_from_config(cfg, device)
-        held_out = torch.Generator().manual_seed(int(cfg.seed) + HELD_OUT_SEED_OFFSET)
-        self.test_x = self.sampler(int(cfg.task.test_size), held_out).to(device)
-        self.base_snapshot = torch.randn(int(cfg.task.snapshot_samples), 2, generator=held_out).to(device)
+        self.test_x = self.sampler(int(cfg.task.test_size), self.held_out).to(device)
+        self.base_snapshot = torch.randn(int(cfg.task.snapshot_samples), 2, generator=self.held_out).to(device)
 
     def train_batches(self, epoch: int) -> Iterator[torch.Tensor]:
         for _ in range(int(self.cfg.task.iters_per_epoch)):
@@ -90,14 +46,10 @@ class CNFTask:
         logp = in_chunks(partial(self.model.log_prob, exact=True), self.test_x, int(self.cfg.task.eval_chunk))
         return {"test_nll": float(-logp.mean())}
 
-    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, None]:
-        return adam(self.cfg, self.model)
-
     @torch.no_grad()
     def save_figures(self, out_dir: Path) -> list[Path]:
         out_dir.mkdir(parents=True, exist_ok=True)
-        half = float(self.cfg.data.plot_range)
-        xx, yy, pts = toy2d.grid(int(self.cfg.task.grid_size), half)
+        half, xx, yy, pts = self.plot_grid()
         pts = pts.to(self.device)
         chunk = int(self.cfg.task.eval_chunk)
         paths = [out_dir / "density.png"]

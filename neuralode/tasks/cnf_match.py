@@ -15,22 +15,21 @@ from matplotlib.figure import Figure
 
 from neuralode.data import toy2d
 from neuralode.tasks.base import StepOutput
-from neuralode.tasks.cnf import HELD_OUT_SEED_OFFSET, adam, data_kind, density_panel, finish_panel, flow_from_config
+from neuralode.tasks.flow2d import Flow2DTask, density_panel, finish_panel
 
 BASE_MESH_HALF_WIDTH = 3.5  # base-space mesh pushed through the flow for the learned-density plot (>99.9% mass)
 
 
-class CNFMatchTask:
+class CNFMatchTask(Flow2DTask):
     """Density matching: train a flow's samples to follow an unnormalised target potential."""
 
+    data_kind = "potential"
+
     def __init__(self, cfg: Any, device: torch.device) -> None:
-        data_kind(cfg, "potential", "cnf_match", f"one of: {', '.join(toy2d.POTENTIALS)}")
-        self.cfg, self.device = cfg, device
+        super().__init__(cfg, device, "cnf_match", f"one of: {', '.join(toy2d.POTENTIALS)}")
         self.potential = toy2d.potential(cfg.data.name)
         self.log_z = toy2d.log_normaliser(self.potential)
-        self.model = flow_from_config(cfg, device)
-        held_out = torch.Generator().manual_seed(int(cfg.seed) + HELD_OUT_SEED_OFFSET)
-        self.eval_z0 = torch.randn(int(cfg.task.eval_samples), 2, generator=held_out).to(device)
+        self.eval_z0 = torch.randn(int(cfg.task.eval_samples), 2, generator=self.held_out).to(device)
 
     def kl_terms(self, z0: torch.Tensor, exact: bool = False) -> torch.Tensor:
         """Per-sample log q(x) - log p(x) for x = flow(z0)."""
@@ -48,15 +47,11 @@ class CNFMatchTask:
     def evaluate(self) -> dict[str, float]:
         return {"kl": float(self.kl_terms(self.eval_z0, exact=True).mean())}
 
-    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, None]:
-        return adam(self.cfg, self.model)
-
     @torch.no_grad()
     def save_figures(self, out_dir: Path) -> list[Path]:
         out_dir.mkdir(parents=True, exist_ok=True)
-        half = float(self.cfg.data.plot_range)
-        n = int(self.cfg.task.grid_size)
-        xx, yy, pts = toy2d.grid(n, half)
+        half, xx, yy, pts = self.plot_grid()
+        n = xx.shape[0]
         fig = Figure(figsize=(9.6, 3.4), dpi=100)
         ax_target, ax_learned, ax_samples = fig.subplots(1, 3)
         density_panel(ax_target, xx, yy, torch.exp(-self.potential(pts) - self.log_z), f"target: {self.cfg.data.name}")
