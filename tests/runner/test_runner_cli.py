@@ -146,6 +146,7 @@ def test_sixteen_overrides_make_a_valid_run_dir(monkeypatch, capsys, tmp_path: P
     monkeypatch.chdir(tmp_path)
     GlobalHydra.instance().clear()
     monkeypatch.setattr(sys, "argv", ["neuralode"])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # main() sets it; monkeypatch restores it for later tests
     main(["train", SEARCHPATH, *TOY, *overrides])  # returns: no error
     assert len(",".join(sorted(overrides)).encode()) > 255
     (run_dir,) = (tmp_path / "outputs" / "toy").iterdir()
