@@ -228,8 +228,8 @@ def spiral_latent_ode_train_step(device: torch.device, quick: bool, adjoint: boo
     """The spiral latent ODE (latent 4, GRU encoder 25, dynamics MLP 20) on 100 (quick: 32) spirals with
     100 observations each (so ~100 output times per solve): negative ELBO, backward, Adam step.
     dopri5, rtol = atol = 1e-5 (the task default); direct backprop is what the task trains with."""
+    from neuralode.data.spiral import GRID_STEP, generate_spirals
     from neuralode.models.latent_ode import LatentODE
-    from neuralode.tasks.spiral import GRID_STEP, generate_spirals
 
     batch = 32 if quick else 100
     torch.manual_seed(0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from neuralode.tasks.spiral import GRID_STEP, generate_spirals
+from neuralode.data.spiral import GRID_STEP, generate_spirals
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,11 @@ import math
 import pytest
 import torch
 
+from neuralode.data.spiral import GRID_STEP, generate_spirals
 from neuralode.models.latent_ode import LatentODE, kl_to_standard_normal
 from neuralode.models.odeblock import SolverSpec, collect_solve_stats
 from neuralode.models.rnn import SpiralRNN
-from neuralode.tasks.spiral import GRID_STEP, SpiralTask, generate_spirals
+from neuralode.tasks.spiral import SpiralTask
 
 
 @pytest.fixture(scope="module")
