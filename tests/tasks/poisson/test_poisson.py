@@ -66,7 +66,7 @@ def test_the_latent_model_trains_on_the_elbo_and_counts_its_solves():
                              t_end=data.t_end)
     loss, metrics = model.loss(data.train.times, data.train.mask)
     loss.backward()
-    assert math.isfinite(float(loss)) and metrics["train_kl"] >= 0
+    assert math.isfinite(loss.item()) and metrics["train_kl"] >= 0
     assert all(p.grad is not None for p in model.parameters())
     assert model.ode.stats.nfe_forward > 0
     bound = model.negative_elbo(data.test.times, data.test.mask, 2, torch.Generator().manual_seed(0))
