@@ -105,13 +105,13 @@ def _train(cfg: DictConfig, run_dir: Path, stop: StopSignals) -> dict[str, Any]:
     per_step = getattr(task, "lr_interval", "epoch") == "step"
     tb = TensorBoardLog(run_dir, first_epoch=done + 1)
     record: dict[str, Any] = (metrics_file.records() or [{}])[-1] if done else {}
-    resume_hint = f"run the same command to resume ({ckpt_path} is kept)"
     try:
         for epoch in range(done + 1, epochs + 1):
             try:
                 record = _run_epoch(task, optimizer, scheduler if per_step else None, epoch, epochs, device,
                                     cfg.trainer.progress,
-                                    lambda: stop.check(f"during epoch {epoch}/{epochs}, which is dropped; {resume_hint}"))
+                                    lambda: stop.check(f"during epoch {epoch}/{epochs}, which is dropped; "
+                                                       + _resume_hint(ckpt_path, epoch - 1)))
             except (MaxNumStepsError, NonFiniteError) as e:
                 raise TrainingError(_failure_message(e, cfg, epoch, epochs, epoch - 1, ckpt_path)) from e
             if replace_metrics:
@@ -133,7 +133,7 @@ def _train(cfg: DictConfig, run_dir: Path, stop: StopSignals) -> dict[str, Any]:
             })
             log.info(_summary(record, epochs))
             if epoch < epochs:
-                stop.check(f"after epoch {epoch}/{epochs}; {resume_hint}")
+                stop.check(f"after epoch {epoch}/{epochs}; " + _resume_hint(ckpt_path, epoch))
             if cfg.trainer.figures_every and epoch % cfg.trainer.figures_every == 0 and epoch < epochs:
                 _save_figures(task, run_dir)
         if done >= epochs:
@@ -162,9 +162,14 @@ def _failure_message(error: Exception, cfg: DictConfig, epoch: int, epochs: int,
                   "raise solver.options.max_num_steps")
     else:
         causes = f"training diverged: lower the learning rate{lr_now} or tighten solver.tol (rtol {tol} now)"
-    kept_msg = (f"{ckpt_path} keeps epoch {kept}, and the same command resumes from it" if kept
-                else "no epoch was completed")
-    return f"epoch {epoch}/{epochs} failed: {_first_sentence(error)}; {causes}; {kept_msg}"
+    return f"epoch {epoch}/{epochs} failed: {_first_sentence(error)}; {causes}; {_resume_hint(ckpt_path, kept)}"
+
+
+def _resume_hint(ckpt_path: Path, kept: int) -> str:
+    """What is left after a stop, and what the same command then does."""
+    if kept:
+        return f"{ckpt_path} keeps epoch {kept}, and the same command resumes from it"
+    return "no epoch was completed, so the same command starts over"
 
 
 def _first_sentence(error: Exception) -> str:

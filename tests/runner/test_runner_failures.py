@@ -106,3 +106,17 @@ def test_an_unwritable_run_dir_is_named_not_hydras_logging_handler():
         message = describe_error(error)
     assert "Permission denied: '/runs/x/train.log'" in message and "hydra.run.dir" in message
     assert "Unable to configure" not in message
+
+
+def test_a_stop_before_the_first_epoch_says_the_command_starts_over(tmp_path):
+    from neuralode.utils.interrupt import Interrupted, StopSignals
+
+    class StopAtOnce(StopSignals):
+        def check(self, where: str) -> None:
+            raise Interrupted(2, where)
+
+    import neuralode.train as trainer
+
+    with pytest.raises(Interrupted, match=r"during epoch 1/1, which is dropped; no epoch was completed, so the "
+                                          r"same command starts over"):
+        trainer._train(toy_config("trainer.epochs=1"), tmp_path / "run", StopAtOnce())

@@ -64,8 +64,8 @@ def test_signal_stops_at_a_safe_point_with_one_line_and_the_same_command_resumes
     assert "Traceback" not in stderr
     last = stderr.strip().splitlines()[-1]
     assert last.startswith(f"neuralode train: stopped by {signal.Signals(signum).name} ")
-    assert "run the same command to resume" in last
     done = load_checkpoint(metrics.parent / "checkpoints" / "last.pt")["epoch"]
+    assert f"keeps epoch {done}, and the same command resumes from it" in last
     assert epochs_logged(metrics) == list(range(1, done + 1)) and 1 <= done < 4
 
     rerun = cli(*args, cwd=tmp_path)
