@@ -89,7 +89,7 @@ class LatentODEPoisson(nn.Module):
     def negative_elbo(self, times: torch.Tensor, mask: torch.Tensor, samples: int, gen: torch.Generator) -> torch.Tensor:
         """-ELBO per sequence, averaged over ``samples`` draws of z0 from a seeded generator: a bound on the NLL."""
         mean, logvar = self.encoder(times, mask, self.t_end)
-        draws = [mean + torch.randn(mean.shape, generator=gen).to(mean) * (0.5 * logvar).exp() for _ in range(samples)]
+        draws = _seeded_draws(mean, logvar, samples, gen)
         log_lik = torch.stack([self.log_likelihood(z0, times, mask) for z0 in draws]).mean(0)
         return kl_to_standard_normal(mean, logvar) - log_lik
 
@@ -108,9 +108,14 @@ class LatentODEPoisson(nn.Module):
     @torch.no_grad()
     def posterior_samples(self, times: torch.Tensor, mask: torch.Tensor, samples: int,
                           gen: torch.Generator) -> torch.Tensor:
-        mean, logvar = self.encoder(times, mask, self.t_end)
-        return torch.stack([mean + torch.randn(mean.shape, generator=gen).to(mean) * (0.5 * logvar).exp()
-                            for _ in range(samples)])
+        return _seeded_draws(*self.encoder(times, mask, self.t_end), samples, gen)
+
+
+def _seeded_draws(mean: torch.Tensor, logvar: torch.Tensor, samples: int, gen: torch.Generator) -> torch.Tensor:
+    """``samples`` draws of z0 ~ N(mean, exp(logvar)) from a CPU generator: [samples, B, latent]. Evaluation and
+    figures use them, so they see the same draws on every device and every call."""
+    return torch.stack([mean + torch.randn(mean.shape, generator=gen).to(mean) * (0.5 * logvar).exp()
+                        for _ in range(samples)])
 
 
 class ConstantRate(nn.Module):
