@@ -246,6 +246,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.threads={trainer.threads} is invalid; use a positive number or null")
     if "name" not in cfg.task:
         raise ConfigError("task.name is missing; pick a task with task=<name>")
+    # First: the name also names config files and the run dir.
+    if safe_name(str(cfg.task.name)) != cfg.task.name:
+        raise ConfigError(f"task.name={cfg.task.name!r} cannot name a folder; use letters, digits, '_', '-' and '.', "
+                          "not starting with '.'")
     for group in ("task", "model", "data"):
         _check_group(cfg, group)
     task_profile = config_dir() / "task_profile" / f"{cfg.task.name}_{cfg.profile.name}.yaml"
@@ -254,6 +258,3 @@ def validate(cfg: DictConfig) -> None:
                        if p.stem.rsplit("_", 1)[0] == cfg.task.name)
         raise ConfigError(f"profile={cfg.profile.name} has no sizes for task={cfg.task.name}; "
                           f"use one of: {', '.join(sized)}")
-    if safe_name(str(cfg.task.name)) != cfg.task.name:
-        raise ConfigError(f"task.name={cfg.task.name!r} cannot name a folder; use letters, digits, '_', '-' and '.', "
-                          "not starting with '.'")
