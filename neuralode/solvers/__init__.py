@@ -1,7 +1,8 @@
 """ODE solvers: Butcher tableaus, one explicit RK stepper, PI step-size control, and the adjoint."""
 from neuralode.solvers.adjoint import odeint_adjoint
 from neuralode.solvers.odeint import odeint
-from neuralode.solvers.rk import SOLVERS, MaxNumStepsError, NonFiniteError
+from neuralode.solvers.registry import SOLVERS
+from neuralode.solvers.rk import MaxNumStepsError, NonFiniteError
 from neuralode.solvers.stats import SolveStats
 
 __all__ = ["SOLVERS", "MaxNumStepsError", "NonFiniteError", "SolveStats", "odeint", "odeint_adjoint"]

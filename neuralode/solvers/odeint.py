@@ -14,7 +14,8 @@ from typing import Any, Union
 import torch
 
 from neuralode.solvers.norms import MixedNorm, Norm
-from neuralode.solvers.rk import SOLVERS, AdaptiveRK, Counter, Dynamics
+from neuralode.solvers.registry import SOLVERS
+from neuralode.solvers.rk import Counter, Dynamics
 from neuralode.solvers.stats import SolveStats
 
 State = Union[torch.Tensor, tuple[torch.Tensor, ...]]
@@ -211,7 +212,7 @@ def integrate(solver, f: Dynamics, y0: torch.Tensor, t: torch.Tensor, t_host: li
               rtol: float, atol: float, options: dict[str, Any], norm: Norm, counter: Counter) -> torch.Tensor:
     if t_host is not None and len(t_host) == 1:
         return y0[None]
-    if isinstance(solver, AdaptiveRK) and t_host[-1] < t_host[0]:
+    if solver.increasing_time_only and t_host[-1] < t_host[0]:
         # Decreasing time: solve ds/dy = -f(-s, y) on s = -t, which increases.
         return solver.solve(lambda s, y: -f(-s, y), y0, -t, [-x for x in t_host], rtol=rtol, atol=atol,
                             norm=norm, options=options, counter=counter, time_sign=-1.0)

@@ -19,7 +19,7 @@ import torch
 
 from neuralode.solvers.controller import PIController, initial_step
 from neuralode.solvers.norms import Norm
-from neuralode.solvers.tableaus import TABLEAUS, ButcherTableau
+from neuralode.solvers.tableaus import ButcherTableau
 
 Dynamics = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -65,6 +65,7 @@ class FixedGridRK:
     to ``t[-1]`` (the last step shortened), outputs linearly interpolated as in torchdiffeq."""
 
     adaptive = False
+    increasing_time_only = False
     valid_options = ("step_size",)
 
     def __init__(self, tableau: ButcherTableau) -> None:
@@ -72,7 +73,8 @@ class FixedGridRK:
         self.name = tableau.name
 
     def solve(self, f: Dynamics, y0: torch.Tensor, t: torch.Tensor, t_host: list[float] | None, *,
-              rtol: float, atol: float, norm: Norm, options: Mapping[str, Any], counter: Counter) -> torch.Tensor:
+              rtol: float, atol: float, norm: Norm, options: Mapping[str, Any], counter: Counter,
+              time_sign: float = 1.0) -> torch.Tensor:
         tab = self.tableau
         co = tab.tensors(y0.dtype, y0.device)
         step_size = options.get("step_size")
@@ -130,6 +132,7 @@ class AdaptiveRK:
     """
 
     adaptive = True
+    increasing_time_only = True
     valid_options = ("first_step", "safety", "ifactor", "dfactor", "min_step", "max_step",
                      "max_num_steps", "norm")
 
@@ -253,8 +256,3 @@ class AdaptiveRK:
         t2, t3 = theta * theta, theta * theta * theta
         coef = torch.stack([3 * t2 - 2 * t3, (t3 - 2 * t2 + theta) * h, (t3 - t2) * h], dim=1)  # (m, 3)
         return y0 + coef @ torch.stack([y1 - y0, f0, f1])
-
-
-SOLVERS: dict[str, FixedGridRK | AdaptiveRK] = {
-    name: (AdaptiveRK(tab) if tab.adaptive else FixedGridRK(tab)) for name, tab in TABLEAUS.items()
-}
