@@ -140,15 +140,16 @@ class MLPODE(nn.Module):
         return self.net(y)
 
 
-def _plain_solve(device: torch.device, batch: int, dim: int, hidden: int, t_end: float, n_out: int) -> Workload:
-    """No-grad dopri5 solve of an MLP ODE over [0, t_end] with n_out output times, rtol = atol = 1e-6."""
+def _plain_solve(device: torch.device, batch: int, dim: int, hidden: int, t_end: float, n_out: int,
+                 method: str = "dopri5", tol: float = 1e-6) -> Workload:
+    """No-grad solve of an MLP ODE over [0, t_end] with n_out output times, rtol = atol = tol."""
     import torchdiffeq
 
     torch.manual_seed(0)
     func = MLPODE(dim, hidden).to(device)
     y0 = torch.randn(batch, dim, device=device)
     t = torch.linspace(0.0, t_end, n_out, device=device)
-    kw = dict(rtol=1e-6, atol=1e-6, method="dopri5")
+    kw = dict(rtol=tol, atol=tol, method=method)
     return Workload(Side(lambda: neuralode.odeint(func, y0, t, **kw)),
                     Side(lambda: torchdiffeq.odeint(func, y0, t, **kw)), CallCounter(func))
 
@@ -164,6 +165,21 @@ def mlp_solve(device: torch.device, quick: bool, adjoint: bool) -> Workload:
 def tiny_long_solve(device: torch.device, quick: bool, adjoint: bool) -> Workload:
     """A tiny MLP ODE over [0, 20]: ~20 steps of almost no arithmetic, so per-step overhead dominates."""
     return _plain_solve(device, batch=16, dim=2, hidden=16, t_end=20.0, n_out=2)
+
+
+@case("adaptive_heun_solve")
+def adaptive_heun_solve(device: torch.device, quick: bool, adjoint: bool) -> Workload:
+    """A tiny MLP ODE over [0, 5] with adaptive_heun at 1e-5: ~200 cheap steps, one evaluation of f each
+    (the last stage starts the next step, as in torchdiffeq), so per-step overhead dominates."""
+    return _plain_solve(device, batch=16, dim=2, hidden=16, t_end=5.0, n_out=2, method="adaptive_heun", tol=1e-5)
+
+
+@case("dopri8_many_outputs")
+def dopri8_many_outputs(device: torch.device, quick: bool, adjoint: bool) -> Workload:
+    """dopri8 at 1e-8 over [0, 10] with 201 (quick: 51) output times: outputs come from the dense output,
+    so the work is that of the solve to t = 10 alone."""
+    return _plain_solve(device, batch=16, dim=2, hidden=16, t_end=10.0, n_out=51 if quick else 201,
+                        method="dopri8", tol=1e-8)
 
 
 @case("mlp_grad_adjoint", adjoints=(True,))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from neuralode.solvers.norms import Norm
+from neuralode.solvers.norms import Norm, Tolerance, error_scale
 
 
 @dataclass
@@ -56,12 +56,13 @@ class PIController:
 
 
 def initial_step(f, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor, error_order: int,
-                 rtol: float, atol: float, norm: Norm) -> torch.Tensor:
+                 rtol: Tolerance, atol: Tolerance, norm: Norm) -> torch.Tensor:
     """Hairer, Norsett & Wanner (1993), II.4: starting step size from one extra evaluation of ``f``.
 
-    Computed on the device; the caller fetches it together with nothing else (one sync per solve).
+    Computed on the device; the caller fetches it together with nothing else (one sync per solve). ``rtol`` and
+    ``atol`` are numbers or flat ``(N,)`` per-element tensors like ``y0``.
     """
-    scale = atol + y0.abs() * rtol
+    scale = error_scale(norm, y0, y0, rtol, atol)
     d0 = norm(y0 / scale)
     d1 = norm(f0 / scale)
     small = (d0 < 1e-5) | (d1 < 1e-5)

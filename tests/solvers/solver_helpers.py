@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-ADAPTIVE = ["adaptive_heun", "bosh3", "dopri5", "tsit5", "dopri8"]
-FIXED = ["euler", "midpoint", "rk4"]
+ADAPTIVE = ["adaptive_heun", "fehlberg2", "bosh3", "dopri5", "tsit5", "dopri8"]
+FIXED = ["euler", "midpoint", "heun2", "heun3", "rk4"]
 
 
 class MLPDynamics(nn.Module):

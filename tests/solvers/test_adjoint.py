@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import pytest
 import torch
+import torchdiffeq
 from solver_helpers import MLPDynamics
 from torch import nn
 
 from neuralode import SolveStats, odeint, odeint_adjoint
+from neuralode.solvers.adjoint import module_parameters
 
 
 class TinyDynamics(nn.Module):
@@ -188,3 +191,96 @@ def test_adjoint_float32_matches_direct():
     for a, b in zip(g_adj, g_direct):
         assert a.dtype == torch.float32
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
+def _adjoint_norm_calls(solve, func, y0, **kw) -> list[list[tuple]]:
+    """(shape, dtype) of each entry of every tuple a callable adjoint norm is given during backward."""
+    calls = []
+
+    def norm(entries):
+        calls.append([(tuple(e.shape), e.dtype) for e in entries])
+        return max(e.abs().max() if e.numel() else e.new_zeros(()) for e in entries)
+
+    ys = solve(func, y0, torch.tensor([0.0, 0.5, 1.0]), rtol=1e-6, atol=1e-6, adjoint_options=dict(norm=norm), **kw)
+    sum(y.sum() for y in (ys if isinstance(ys, tuple) else (ys,))).backward()
+    return calls
+
+
+@pytest.mark.parametrize("tuple_state", [False, True])
+def test_adjoint_norm_gets_torchdiffeqs_tuple(tuple_state):
+    # torchdiffeq calls a user adjoint norm with (t, *y, *adj_y, *adj_params): t a scalar, y and adj_y split into
+    # the parts of a tuple state, each parameter adjoint shaped like its parameter.
+    func = MLPDynamics(dim=3, hidden=4)
+    if tuple_state:
+        class Pair(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.f = func
+
+            def forward(self, t, state):
+                x, v = state
+                return v, self.f(t, x) - v
+
+        module, y0 = Pair(), (torch.randn(2, 3), torch.randn(2, 3))
+    else:
+        module, y0 = func, torch.randn(2, 3)
+    ours = _adjoint_norm_calls(odeint_adjoint, module, y0)
+    ref = _adjoint_norm_calls(torchdiffeq.odeint_adjoint, module, y0)
+    assert ours and ref
+    assert {tuple(c) for c in ours} == {tuple(c) for c in ref}
+    parts = [tuple(p.shape) for p in (y0 if tuple_state else (y0,))]
+    assert ours[0] == [((), torch.float64)] + [(s, torch.float64) for s in parts * 2] + \
+        [(tuple(p.shape), torch.float64) for p in func.parameters()]
+
+
+def _cpu_replica(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` set up as ``torch.nn.parallel.replicate`` sets up an ``nn.DataParallel`` replica (which
+    needs GPUs): ``_parameters`` emptied, each parameter replaced by a non-leaf copy stored as a plain attribute
+    and listed in ``_former_parameters``."""
+    modules = list(module.modules())
+    replicas = {m: m._replicate_for_data_parallel() for m in modules}
+    for m, replica in replicas.items():
+        replica._former_parameters = OrderedDict()
+        for key, child in m._modules.items():
+            setattr(replica, key, replicas[child])
+        for key, param in m._parameters.items():
+            copy = param * 1  # replicate()'s broadcast copies are non-leaf tensors that require grad
+            setattr(replica, key, copy)
+            replica._former_parameters[key] = copy
+    return replicas[module]
+
+
+def test_adjoint_finds_the_parameters_of_a_data_parallel_replica():
+    func = MLPDynamics(dim=3, hidden=8)
+    replica = _cpu_replica(func)
+    assert list(replica.parameters()) == []
+    found = module_parameters(replica)
+    assert [id(p) for p in found] == [id(p) for p in torchdiffeq._impl.adjoint.find_parameters(replica)]
+    assert len(found) == 4 and all(not p.is_leaf for p in found)
+    y0 = torch.randn(2, 3)
+    t = torch.tensor([0.0, 1.0])
+    g_adj = _grads(odeint_adjoint(replica, y0, t, rtol=1e-10, atol=1e-10)[-1].pow(2).sum(), list(func.parameters()))
+    g_direct = _grads(odeint(func, y0, t, rtol=1e-10, atol=1e-10)[-1].pow(2).sum(), list(func.parameters()))
+    for a, b in zip(g_adj, g_direct):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_adjoint_params_frozen_repeated_and_generator():
+    func = MLPDynamics(dim=3, hidden=8)
+    func.l2.bias.requires_grad_(False)
+    y0 = torch.randn(2, 3)
+    t = torch.tensor([0.0, 1.0])
+    weights = [func.l1.weight, func.l2.weight]
+    ref = _grads(odeint(func, y0, t, rtol=1e-10, atol=1e-10)[-1].pow(2).sum(), weights)
+    # A frozen parameter is left out (as torchdiffeq, which warns when a callable adjoint norm would have seen it).
+    with pytest.warns(UserWarning, match="do not require grad"):
+        ys = odeint_adjoint(func, y0, t, rtol=1e-10, atol=1e-10, adjoint_params=(p for p in func.parameters()),
+                            adjoint_options=dict(norm=lambda entries: max(e.abs().max() for e in entries)))
+    assert ys.requires_grad
+    # A tensor given twice gets the gradient of direct backprop. (torchdiffeq 0.2.5 integrates it once per
+    # occurrence and autograd adds both up: twice the gradient.)
+    ys = odeint_adjoint(func, y0, t, rtol=1e-10, atol=1e-10, adjoint_params=[*weights, func.l1.weight])
+    for a, b in zip(_grads(ys[-1].pow(2).sum(), weights), ref):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    with pytest.raises(TypeError, match="adjoint_params must hold tensors, got float at index 1"):
+        odeint_adjoint(func, y0, t, adjoint_params=[func.l1.weight, 0.5])

@@ -111,10 +111,15 @@ def test_bad_options(method, options, match):
 
 
 def test_bad_states_and_dynamics():
-    with pytest.raises(TypeError, match="y0 must be floating point"):
+    with pytest.raises(TypeError, match="y0 must be floating point or complex"):
         odeint(decay, torch.ones(2, dtype=torch.long), T)
-    with pytest.raises(ValueError, match="share one dtype"):
-        odeint(lambda t, y: y, (torch.ones(2), torch.ones(2, dtype=torch.float32)), T)
+    # Mixed dtypes are fine (test_tolerances_dtypes.py), mixed devices are not.
+    with pytest.raises(ValueError, match="must be on one device"):
+        odeint(lambda t, y: y, (torch.ones(2), torch.ones(2, device="meta")), T)
+    with pytest.raises(TypeError, match=r"func\(t, y\)\[1\] is complex .* but that part of the state is real"):
+        odeint(lambda t, y: (y[0], y[1] * 1j), (torch.ones(2), torch.ones(2)), T)
+    with pytest.raises(TypeError, match=r"func\(t, y\) is complex .* but the state is real"):
+        odeint(lambda t, y: y * 1j, torch.ones(2), T)
     with pytest.raises(ValueError, match=r"func\(t, y\) has shape\(s\) \(3,\) but the state has shape\(s\) \(2,\)"):
         odeint(lambda t, y: torch.ones(3), torch.ones(2), T)
 

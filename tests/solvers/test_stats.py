@@ -49,7 +49,8 @@ def test_nfe_equals_calls_and_steps_add_up(method):
     else:
         attempts = stats.steps_accepted_forward + stats.steps_rejected_forward
         new_per_step = tab.stages - 1  # the first stage is the previous step's last derivative
-        extra = 0 if tab.fsal else stats.steps_accepted_forward  # f(t + h, y_new) after each acceptance
+        # f(t + h, y_new) after each acceptance, unless the last stage is the next step's first
+        extra = 0 if tab.fsal or tab.reuse_last_stage else stats.steps_accepted_forward
         assert calls[0] == 2 + attempts * new_per_step + extra  # 2: f(t0, y0) and the first-step probe
 
 

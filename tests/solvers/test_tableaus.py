@@ -92,8 +92,13 @@ def test_structure(name):
         # The last stage is f(t + h, y_new): its row of A is b and it sits at c = 1.
         assert tab.c[-1] == 1 and tab.b[-1] == 0
         np.testing.assert_allclose(tab.a[-1], tab.b[:-1], atol=1e-15)
+    if tab.reuse_last_stage:
+        # Reused as the next step's first stage, so it must sit at t + h; its point is checked in the order test.
+        assert tab.adaptive and not tab.fsal and tab.c[-1] == 1
     if tab.interpolation == "polynomial":
-        assert tab.dense is not None and len(tab.dense) == s
+        # One row per stage, plus one for f(t + h, y_new) where that is not already the last stage.
+        assert tab.dense is not None and (len(tab.dense) == s or (len(tab.dense) == s + 1 and not tab.fsal))
+        assert tab.dense_order is not None
 
 
 @pytest.mark.parametrize("name", list(TABLEAUS))
@@ -112,6 +117,9 @@ def test_order_conditions(name):
         b_low2 = np.array(tab.b) - np.array(tab.b_error2)
         assert max(_order_defects(b_low2, a, 3)) < 1e-12
         assert max(_order_defects(b_low2, a, 4)) > 1e-6
+    if tab.reuse_last_stage:
+        # The reused stage's point y0 + h a[-1] @ k is an order-(p - 1) solution, O(h^p) from y_new: order p stays.
+        assert max(_order_defects(np.array(tab.a[-1]), a[:-1, :-1], tab.order - 1)) < 1e-12
 
 
 @pytest.mark.parametrize("name", [n for n, t in TABLEAUS.items() if t.dense is not None])
@@ -120,7 +128,13 @@ def test_dense_output_order(name, theta):
     tab = TABLEAUS[name]
     dense = np.array(tab.dense)
     w = dense @ theta ** np.arange(1, dense.shape[1] + 1)
-    # A 4th-order continuous extension: order conditions in theta up to order 4, exact b at theta = 1.
-    assert max(_order_defects(w, _matrix(tab), 4, theta)) < 1e-12
+    a = _matrix(tab)
+    if len(dense) > tab.stages:  # the extra row weighs f(t + h, y_new): a stage whose row of A is b
+        a = np.pad(a, ((0, 1), (0, 1)))
+        a[-1, :-1] = tab.b
+    # A continuous extension of order dense_order: order conditions in theta up to it, exact b at theta = 1.
+    assert max(_order_defects(w, a, tab.dense_order, theta)) < 1e-12
+    assert max(_order_defects(w, a, tab.dense_order + 1, theta)) > 1e-7 or theta == 1.0
     if theta == 1.0:
-        np.testing.assert_allclose(w, tab.b, atol=1e-13)
+        np.testing.assert_allclose(w[:tab.stages], tab.b, atol=1e-13)
+        np.testing.assert_allclose(w[tab.stages:], 0.0, atol=1e-13)

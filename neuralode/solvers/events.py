@@ -1,0 +1,162 @@
+"""Terminal events: integrate until ``event_fn(t, y)`` crosses zero (torchdiffeq 0.2.5's ``event_fn`` and
+``odeint_event``).
+
+The solver checks the event's sign after every accepted step (one host read per step), then bisects the
+step's interpolant for the crossing to within ``atol`` in time. The state at the event is differentiable
+with the event time held fixed; :func:`odeint_event` adds the event time's own dependence on ``y0`` and the
+parameters by the implicit function theorem: ``g(tau, y(tau)) = 0`` gives
+``d tau = -(dg/dy . dy) / (dg/dt + dg/dy . f)``.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from neuralode.solvers.odeint import Problem, State, StateStructure, odeint
+from neuralode.solvers.rk import Counter, Dynamics, StepCallbacks
+
+EventFn = Callable[[torch.Tensor, State], torch.Tensor]
+FlatEvent = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# Bisection halvings at most: beyond this the bracket is below float64 resolution of any step.
+_MAX_BISECTIONS = 64
+
+
+def first_crossing(event_fn: EventFn, structure: StateStructure, t0: torch.Tensor, y0: torch.Tensor) -> FlatEvent:
+    """One scalar event on the flat state from ``event_fn``'s entries: each is signed to start positive, and
+    their minimum crosses zero when the first of them does."""
+    with torch.no_grad():
+        signs = torch.sign(event_fn(t0, structure.unflatten(y0))).reshape(-1)
+
+    def g(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (event_fn(t, structure.unflatten(y)).reshape(-1) * signs).min()
+    return g
+
+
+def _scalar_tol(atol: Any) -> float:
+    return float(atol.min()) if torch.is_tensor(atol) else float(atol)
+
+
+class EventWatch:
+    """A scalar event ``g(t, y)`` in the solver's time and flat state, watched for a change of sign.
+
+    After :meth:`locate`, ``time`` holds the event time (no gradient) and ``state`` the state there
+    (differentiable through the step's interpolant).
+    """
+
+    def __init__(self, g: FlatEvent, t0: torch.Tensor, y0: torch.Tensor) -> None:
+        self.g = g
+        with torch.no_grad():
+            self.sign0 = torch.sign(g(t0, y0))
+        self.time: torch.Tensor | None = None
+        self.state: torch.Tensor | None = None
+
+    def crossed(self, t: torch.Tensor, y: torch.Tensor) -> bool:
+        with torch.no_grad():
+            return bool(torch.sign(self.g(t, y)) != self.sign0)  # the one extra host read per accepted step
+
+    def locate(self, interp: Callable[[torch.Tensor], torch.Tensor], ta: torch.Tensor, tb: torch.Tensor,
+               h: float, atol: Any) -> None:
+        """Bisect ``[ta, tb]`` (a step of length ``h``) on ``interp`` until the bracket is below ``atol``; the
+        halvings run on the device without reading anything back."""
+        tol = _scalar_tol(atol)
+        halvings = _MAX_BISECTIONS if tol <= 0 else min(_MAX_BISECTIONS, max(0, math.ceil(math.log2(abs(h) / tol))))
+        with torch.no_grad():
+            lo, hi = ta.detach(), tb.detach()
+            for _ in range(halvings):
+                mid = (lo + hi) / 2
+                before = torch.sign(self.g(mid, interp(mid))) == self.sign0
+                lo, hi = torch.where(before, mid, lo), torch.where(before, hi, mid)
+            self.time = (lo + hi) / 2
+        self.state = interp(self.time)
+
+
+def integrate_until_event(prob: Problem, f: Dynamics, event_fn: EventFn, y0: torch.Tensor, counter: Counter,
+                          callbacks: StepCallbacks | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Solve ``prob`` (``t = [t0, t1]``: only the direction of ``t1`` counts) from the flat ``y0`` until
+    ``event_fn`` crosses zero; returns the event time (caller's time, no gradient) and the flat states
+    ``(2, N)`` at ``[t0, event_t]``."""
+    solver, t, t_host = prob.solver, prob.t, prob.t_host
+    if t_host is None:
+        raise ValueError("event_fn cannot be used inside CUDA-graph capture (each step reads the event's sign)")
+    if len(t_host) != 2:
+        raise ValueError(f"with event_fn, t must hold 2 times [t0, t1] (t1 gives only the direction), got {len(t_host)}")
+    if not hasattr(solver, "solve_until_event"):
+        raise ValueError(f"method {solver.name!r} does not support event_fn; use an explicit Runge-Kutta method "
+                         "(e.g. 'dopri5', or 'rk4' with options['step_size'])")
+    g = first_crossing(event_fn, prob.structure, t[0], y0)
+    with torch.no_grad():
+        at_start = bool(g(t[0], y0) == 0)
+    if at_start:
+        return t[0].detach(), torch.stack([y0, y0])
+    hooks = {} if callbacks is None else {"callbacks": callbacks}
+    reverse = solver.increasing_time_only and t_host[1] < t_host[0]
+    time_sign = -1.0 if reverse else 1.0
+    if reverse:  # solve on s = -t, which increases
+        f_solver, g_solver = (lambda s, y: -f(-s, y)), (lambda s, y: g(-s, y))
+        t, t_host = -t, [-x for x in t_host]
+        if callbacks is not None:
+            hooks["callbacks"] = callbacks.reversed()
+    else:
+        f_solver, g_solver = f, g
+    watch = EventWatch(g_solver, t[0], y0)
+    solver.solve_until_event(f_solver, y0, t, t_host, rtol=prob.rtol, atol=prob.atol, norm=prob.norm,
+                             options=prob.options, counter=counter, event=watch, time_sign=time_sign, **hooks)
+    return time_sign * watch.time, torch.stack([y0, watch.state])
+
+
+class _EventTimeGradient(torch.autograd.Function):
+    """Identity on ``(event_t, state)`` whose backward moves the event time with the state (implicit function
+    theorem): a gradient on the event time, and the state's change through the moving end time, both reach
+    the state computed at the fixed event time, and through it ``y0`` and the parameters."""
+
+    @staticmethod
+    def forward(ctx, f: Dynamics, g: FlatEvent, event_t: torch.Tensor, state: torch.Tensor):
+        ctx.f, ctx.g = f, g
+        ctx.save_for_backward(event_t, state)
+        return event_t.detach(), state.detach()
+
+    @staticmethod
+    def backward(ctx, grad_t: torch.Tensor, grad_state: torch.Tensor):
+        event_t, state = ctx.saved_tensors
+        with torch.enable_grad():
+            t_ = event_t.detach().requires_grad_(True)
+            y_ = state.detach().requires_grad_(True)
+            dg_dt, dg_dy = torch.autograd.grad(ctx.g(t_, y_), (t_, y_), allow_unused=True)
+        dg_dt = torch.zeros_like(event_t) if dg_dt is None else dg_dt
+        dg_dy = torch.zeros_like(state) if dg_dy is None else dg_dy
+        with torch.no_grad():
+            slope = ctx.f(event_t.detach(), state.detach())
+        # d(event_t)/d(state at fixed time) = -dg_dy / (dg/dt along the solution).
+        speed = dg_dt + dg_dy @ slope
+        moved = (grad_t + grad_state @ slope) / speed
+        return None, None, None, grad_state - dg_dy * moved
+
+
+def odeint_event(func: Callable[[torch.Tensor, State], State], y0: State, t0: torch.Tensor, *, event_fn: EventFn,
+                 reverse_time: bool = False, odeint_interface: Callable = odeint,
+                 **kwargs: Any) -> tuple[torch.Tensor, State]:
+    """Solve from ``t0`` (forwards, or backwards with ``reverse_time``) until ``event_fn(t, y)`` crosses zero
+    (the first entry to cross, for a vector); returns ``event_t`` and the states at ``[t0, event_t]``.
+
+    ``odeint_interface`` (``odeint`` or ``odeint_adjoint``) does the solve with ``**kwargs``
+    (``rtol``, ``atol``, ``method``, ``options``, ...); ``event_t`` and the final state are differentiable
+    w.r.t. ``y0`` and the parameters, including through the event time.
+    """
+    if not torch.is_tensor(t0) or t0.numel() != 1:
+        raise TypeError(f"t0 must be a tensor holding one time, got "
+                        f"{tuple(t0.shape) if torch.is_tensor(t0) else type(t0).__name__}")
+    t0 = t0.reshape(-1)
+    t = torch.cat([t0, t0.detach() + (-1.0 if reverse_time else 1.0)])
+    event_t, solution = odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)
+    structure = StateStructure(y0)
+    last = structure.flatten(tuple(s[-1] for s in solution) if structure.is_tuple else solution[-1], what="solution")
+    flat_f = lambda s, y: structure.flatten(func(s, structure.unflatten(y)), what="func(t, y)")  # noqa: E731
+    g = first_crossing(event_fn, structure, t0[0].to(event_t.dtype), structure.flatten(y0, what="y0"))
+    event_t, last = _EventTimeGradient.apply(flat_f, g, event_t, last)
+    final = structure.unflatten(last)
+    if structure.is_tuple:
+        return event_t, tuple(torch.cat([s[:-1], p[None]]) for s, p in zip(solution, final))
+    return event_t, torch.cat([solution[:-1], final[None]])
