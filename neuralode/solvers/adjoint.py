@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from neuralode.solvers.common import Counter
 from neuralode.solvers.events import integrate_until_event
 from neuralode.solvers.norms import MixedNorm, Norm, PairModulus
 from neuralode.solvers.odeint import (
@@ -32,7 +33,6 @@ from neuralode.solvers.odeint import (
     step_callbacks,
     supported_callbacks,
 )
-from neuralode.solvers.rk import Counter
 from neuralode.solvers.stats import SolveStats
 
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
+from neuralode.solvers.common import Counter, Dynamics, StepCallbacks
 from neuralode.solvers.odeint import Problem, State, StateStructure, odeint
-from neuralode.solvers.rk import Counter, Dynamics, StepCallbacks
 
 EventFn = Callable[[torch.Tensor, State], torch.Tensor]
 FlatEvent = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

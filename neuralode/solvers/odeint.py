@@ -14,9 +14,9 @@ from typing import Any, Union
 
 import torch
 
+from neuralode.solvers.common import Counter, Dynamics, StepCallbacks
 from neuralode.solvers.norms import MixedNorm, Norm, PairModulus, Tolerance
 from neuralode.solvers.registry import SOLVERS
-from neuralode.solvers.rk import Counter, Dynamics, StepCallbacks
 from neuralode.solvers.stats import SolveStats
 
 State = Union[torch.Tensor, tuple[torch.Tensor, ...]]

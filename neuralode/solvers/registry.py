@@ -11,8 +11,13 @@ from typing import Any, Protocol
 
 import torch
 
+from neuralode.solvers.adams import Adams
+from neuralode.solvers.common import Counter, Dynamics
+from neuralode.solvers.implicit import ImplicitRK
+from neuralode.solvers.implicit_tableaus import IMPLICIT_TABLEAUS
 from neuralode.solvers.norms import Norm
-from neuralode.solvers.rk import AdaptiveRK, Counter, Dynamics, FixedGridRK
+from neuralode.solvers.rk import AdaptiveRK, FixedGridRK
+from neuralode.solvers.scipy_solver import ScipySolver
 from neuralode.solvers.tableaus import TABLEAUS
 
 
@@ -22,6 +27,10 @@ class Solver(Protocol):
 
     ``increasing_time_only``: the method needs ``t`` increasing; odeint maps a decreasing ``t`` onto
     ``s = -t`` for it (and passes ``time_sign=-1`` so messages quote the caller's times).
+
+    Optional: a method that calls the user's step hooks lists them in ``valid_callbacks`` (e.g.
+    ``{"callback_step"}``) and then receives ``callbacks=StepCallbacks(...)`` in ``solve``; one that supports
+    ``event_fn`` has ``solve_until_event`` (as :class:`~neuralode.solvers.rk.AdaptiveRK`).
     """
 
     name: str
@@ -37,3 +46,7 @@ class Solver(Protocol):
 SOLVERS: dict[str, Solver] = {
     name: (AdaptiveRK(tab) if tab.adaptive else FixedGridRK(tab)) for name, tab in TABLEAUS.items()
 }
+SOLVERS.update({name: ImplicitRK(tab) for name, tab in IMPLICIT_TABLEAUS.items()})
+SOLVERS.update({name: Adams(name, implicit) for name, implicit in (("explicit_adams", False), ("implicit_adams", True))})
+SOLVERS["fixed_adams"] = SOLVERS["implicit_adams"]  # torchdiffeq's older name
+SOLVERS["scipy_solver"] = ScipySolver()

@@ -12,75 +12,34 @@ adds one read per accepted step: the event's sign.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
+from neuralode.solvers.common import (
+    Counter,
+    Dynamics,
+    MaxNumStepsError,
+    NonFiniteError,
+    StepCallbacks,
+    nudged,
+)
 from neuralode.solvers.controller import PIController, initial_step
-from neuralode.solvers.norms import Norm, error_scale
+from neuralode.solvers.grid import grid_outputs, stage_times, step_grid, step_until_event
+from neuralode.solvers.norms import Norm, Tolerance, error_scale
 from neuralode.solvers.tableaus import ButcherTableau
-
-Dynamics = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 # Finite so that a too-tight tolerance fails with a message instead of running for hours.
 # Consecutive rejections for non-finite values before giving up (dfactor**40 is far below any useful h).
 _MAX_NONFINITE_REJECTS = 40
-# torchdiffeq's cap on the steps a fixed-step solve may take looking for an event.
-_MAX_FIXED_EVENT_STEPS = 20000
-
-
-class MaxNumStepsError(RuntimeError):
-    """The adaptive solver needed more than ``max_num_steps`` steps."""
-
-
-class NonFiniteError(FloatingPointError):
-    """The dynamics produced inf/nan that shrinking the step did not cure."""
-
-
-@dataclass
-class Counter:
-    """Host-side work counters of one solve (counting calls costs no device sync)."""
-
-    nfe: int = 0
-    accepted: int = 0
-    rejected: int = 0
-    # The step size the controller proposed last (adaptive solves): a good first step for a solve that
-    # continues from here, e.g. the adjoint's next backward interval, instead of a fresh estimate.
-    next_step: float | None = None
-
-
-StepCallback = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
-
-
-@dataclass
-class StepCallbacks:
-    """The user's hooks around each attempted step, called as ``hook(t0, y0, dt)`` with ``y0`` the flat state
-    and ``dt`` the step attempted (positive in the solver's time); the caller wraps them to restore the
-    user's state structure and time direction."""
-
-    step: StepCallback | None = None
-    accept: StepCallback | None = None
-    reject: StepCallback | None = None
-
-    def reversed(self) -> "StepCallbacks":
-        """For a solve on ``s = -t``: the hooks see the caller's time ``t0 = -s0``."""
-        flip = lambda hook: None if hook is None else (lambda s0, y, dt: hook(-s0, y, dt))  # noqa: E731
-        return StepCallbacks(flip(self.step), flip(self.accept), flip(self.reject))
-
-
-def _nudged(t: torch.Tensor, direction: float | torch.Tensor) -> torch.Tensor:
-    """``t`` moved by one ulp towards ``direction`` (torchdiffeq's ``perturb``: which side of a discontinuity
-    ``f`` is evaluated on), still carrying ``t``'s gradient."""
-    return t + (torch.nextafter(t.detach(), t.detach() + direction) - t.detach())
 
 
 def _step_tensor(h: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return h if torch.is_tensor(h) else torch.tensor(h, dtype=like.dtype, device=like.device)
 
 
-def _stages(a_rows: list[torch.Tensor], f: Dynamics, stage_t, y: torch.Tensor, h: float | torch.Tensor,
+def stage_derivatives(a_rows: list[torch.Tensor], f: Dynamics, stage_t, y: torch.Tensor, h: float | torch.Tensor,
             f0: torch.Tensor) -> torch.Tensor:
     """Stage derivatives ``K`` of one step, shape ``(stages, N)``; ``K[0] = f0 = f(stage_t[0], y)``."""
     k = y.new_empty((len(a_rows) + 1,) + y.shape)
@@ -108,58 +67,17 @@ class FixedGridRK:
         self.tableau = tableau
         self.name = tableau.name
 
-    def _stage_times(self, co: dict, starts: torch.Tensor, ends: torch.Tensor, perturb: bool,
-                     direction: float | torch.Tensor) -> torch.Tensor:
-        """Stage times ``(steps, stages)`` of the steps ``[starts[k], ends[k]]``, all in one go."""
-        stage_t = starts[:, None] + (ends - starts)[:, None] * co["c"]
-        if perturb:
-            stage_t[:, 0] = _nudged(starts, direction)
-            for i, ci in enumerate(self.tableau.c):
-                if ci == 1.0:
-                    stage_t[:, i] = _nudged(ends, -direction)
-        return stage_t
-
-    def _grid(self, f: Dynamics, y0: torch.Tensor, t: torch.Tensor, t_host: list[float] | None,
-              options: Mapping[str, Any]) -> tuple[torch.Tensor, list[float] | None]:
-        """The step grid and its host copy (``None`` when the grid is ``t`` itself: no interpolation)."""
-        step_size = options.get("step_size")
-        constructor = options.get("grid_constructor")
-        if step_size is None and constructor is None:
-            return t, None
-        if t_host is None:
-            raise ValueError("options['step_size'] and options['grid_constructor'] need the output times on the "
-                             "host; they cannot be used while capturing a CUDA graph (step on the grid t instead)")
-        if constructor is None:
-            span = t_host[-1] - t_host[0]
-            n = max(1, math.ceil(abs(span) / step_size))
-            sign = 1.0 if span >= 0 else -1.0
-            grid_host = [t_host[0] + sign * step_size * k for k in range(n)] + [t_host[-1]]
-            steps = torch.arange(n, dtype=y0.dtype, device=y0.device) * (sign * step_size)
-            return torch.cat([t[:1] + steps, t[-1:]]), grid_host
-        grid = constructor(f, y0, t)
-        if not torch.is_tensor(grid) or grid.ndim != 1 or grid.numel() < 2:
-            raise ValueError("options['grid_constructor'] must return a 1-D tensor of at least 2 times, got "
-                             f"{tuple(grid.shape) if torch.is_tensor(grid) else type(grid).__name__}")
-        grid = grid.to(dtype=t.dtype, device=t.device)
-        grid_host = grid.detach().cpu().tolist()
-        up = t_host[-1] > t_host[0]
-        if (grid_host[0] != t_host[0] or grid_host[-1] != t_host[-1]
-                or any((b > a) != up or a == b for a, b in zip(grid_host, grid_host[1:]))):
-            raise ValueError(f"options['grid_constructor'] must return a grid from t[0]={t_host[0]:.6g} to "
-                             f"t[-1]={t_host[-1]:.6g}, strictly monotone the same way as t; got {grid_host[:3]}..."
-                             f"{grid_host[-1:]}")
-        return grid, grid_host
-
     def solve(self, f: Dynamics, y0: torch.Tensor, t: torch.Tensor, t_host: list[float] | None, *,
-              rtol: float, atol: float, norm: Norm, options: Mapping[str, Any], counter: Counter,
+              rtol: Tolerance, atol: Tolerance, norm: Norm, options: Mapping[str, Any], counter: Counter,
               time_sign: float = 1.0, callbacks: StepCallbacks | None = None) -> torch.Tensor:
         co = self.tableau.tensors(y0.dtype, y0.device)
-        grid, grid_host = self._grid(f, y0, t, t_host, options)
+        grid, grid_host = step_grid(f, y0, t, t_host, options)
         # Inside CUDA-graph capture the direction stays on the device (t_host is None).
         direction = torch.sign(t[-1] - t[0]) if t_host is None else (1.0 if t_host[-1] >= t_host[0] else -1.0)
         dts = grid[1:] - grid[:-1]
         # All stage times at once: the loop below only indexes device tensors, never reads them.
-        stage_t = self._stage_times(co, grid[:-1], grid[1:], bool(options.get("perturb", False)), direction)
+        stage_t = stage_times(co["c"], self.tableau.c, grid[:-1], grid[1:], bool(options.get("perturb", False)),
+                              direction)
         on_step = callbacks.step if callbacks is not None else None
         cubic = grid_host is not None and options.get("interp", "linear") == "cubic"
         states, slopes = [y0], []
@@ -169,70 +87,30 @@ class FixedGridRK:
             if on_step is not None:
                 on_step(grid[k], y, dt * direction)
             f0 = f(stage_t[k, 0], y)
-            kk = _stages(co["a_rows"], f, stage_t[k], y, dt, f0)
+            kk = stage_derivatives(co["a_rows"], f, stage_t[k], y, dt, f0)
             y = y + dt * (co["b"] @ kk)
             states.append(y)
             if cubic:
-                slopes.append(f0)
+                slopes.append(f0)  # f at a grid point is the next step's first stage
         counter.accepted += dts.shape[0]
-        ys = torch.stack(states)
-        if grid_host is None:
-            return ys
-        # Interpolation of the grid states at the requested times (indices found on the host).
-        last = len(grid_host) - 2
-        idx = torch.tensor([min(last, max(0, _bracket(grid_host, tj))) for tj in t_host], device=y0.device)
-        theta = (t - grid[idx]) / dts[idx]
-        if not cubic:
-            return ys[idx] + theta.unsqueeze(-1) * (ys[idx + 1] - ys[idx])
-        # Cubic Hermite: f at a grid point is the next step's first stage; the end point costs one evaluation.
-        slopes.append(f(grid[-1], ys[-1]))
-        fs = torch.stack(slopes)
-        return _hermite(theta, dts[idx].unsqueeze(-1), ys[idx], ys[idx + 1], fs[idx], fs[idx + 1])
+        return grid_outputs(f, t, t_host, grid, grid_host, torch.stack(states), slopes,
+                            options.get("interp", "linear"))
 
     def solve_until_event(self, f: Dynamics, y0: torch.Tensor, t: torch.Tensor, t_host: list[float], *,
-                          rtol: float, atol: float, norm: Norm, options: Mapping[str, Any], counter: Counter,
+                          rtol: Tolerance, atol: Tolerance, norm: Norm, options: Mapping[str, Any], counter: Counter,
                           event: Any, time_sign: float = 1.0, callbacks: StepCallbacks | None = None) -> None:
-        """Step by ``options['step_size']`` from ``t[0]`` in the direction of ``t[1]`` until ``event`` (an
-        :class:`~neuralode.solvers.events.EventWatch`) sees its sign change, and locate the crossing."""
-        step_size = options.get("step_size")
-        if step_size is None:
-            raise ValueError(f"event_fn with the fixed-step method {self.name!r} needs options['step_size'] "
-                             "(the grid t is only [t0, t1])")
+        """Fixed steps of ``options['step_size']`` until ``event`` changes sign (see :func:`step_until_event`)."""
         co = self.tableau.tensors(y0.dtype, y0.device)
         direction = 1.0 if t_host[-1] >= t_host[0] else -1.0
         perturb = bool(options.get("perturb", False))
-        cubic = options.get("interp", "linear") == "cubic"
-        on_step = callbacks.step if callbacks is not None else None
-        t0, y = t[:1], y0
-        for k in range(_MAX_FIXED_EVENT_STEPS):
-            ta, tb = t0 + direction * step_size * k, t0 + direction * step_size * (k + 1)
-            dt = (tb - ta)[0]
-            if on_step is not None:
-                on_step(ta[0], y, dt * direction)
-            stage_t = self._stage_times(co, ta, tb, perturb, direction)[0]
-            f0 = f(stage_t[0], y)
-            y1 = y + dt * (co["b"] @ _stages(co["a_rows"], f, stage_t, y, dt, f0))
-            counter.accepted += 1
-            if event.crossed(tb[0], y1):
-                y_a, t_a = y, ta[0]
-                if cubic:
-                    f1 = f(tb[0], y1)
-                    interp = lambda s: _hermite(((s - t_a) / dt)[None], dt, y_a, y1, f0, f1)[0]  # noqa: E731
-                else:
-                    interp = lambda s: y_a + (s - t_a) / dt * (y1 - y_a)  # noqa: E731
-                event.locate(interp, t_a, tb[0], step_size, atol)
-                return
-            y = y1
-        raise MaxNumStepsError(f"no event within {_MAX_FIXED_EVENT_STEPS} steps of size {step_size:.3g} from "
-                               f"t={t_host[0]:.6g}; check event_fn or raise options['step_size']")
 
+        def step(ta: torch.Tensor, tb: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            times = stage_times(co["c"], self.tableau.c, ta[None], tb[None], perturb, direction)[0]
+            f0 = f(times[0], y)
+            return y + (tb - ta) * (co["b"] @ stage_derivatives(co["a_rows"], f, times, y, tb - ta, f0)), f0
 
-def _hermite(theta: torch.Tensor, h: float | torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, f0: torch.Tensor,
-             f1: torch.Tensor) -> torch.Tensor:
-    """Cubic Hermite through ``(y0, f0)`` and ``(y1, f1)`` at ``theta`` (``(m,)``) of a step ``h``: ``(m, N)``."""
-    theta = theta.unsqueeze(-1)
-    t2, t3 = theta * theta, theta * theta * theta
-    return y0 + (3 * t2 - 2 * t3) * (y1 - y0) + h * ((t3 - 2 * t2 + theta) * f0 + (t3 - t2) * f1)
+        step_until_event(step, f, y0, t, t_host, name=self.name, atol=atol, options=options, counter=counter,
+                         event=event, time_sign=time_sign, callbacks=callbacks)
 
 
 def _stop_times(options: Mapping[str, Any], t0: float, time_sign: float,
@@ -255,19 +133,6 @@ def _host_times(times: Any) -> list[float]:
     if torch.is_tensor(times):
         return times.detach().reshape(-1).cpu().tolist()
     return [float(v) for v in times]
-
-
-def _bracket(grid: list[float], x: float) -> int:
-    """Index k of the grid interval [grid[k], grid[k+1]] holding x (grid monotone either way)."""
-    sign = 1.0 if grid[-1] >= grid[0] else -1.0
-    lo, hi = 0, len(grid) - 1
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if sign * (grid[mid] - x) <= 0:
-            lo = mid
-        else:
-            hi = mid
-    return lo
 
 
 class AdaptiveRK:
@@ -370,8 +235,8 @@ class AdaptiveRK:
             # All stage times in one kernel (not one per stage): on a GPU the launches add up.
             stage_t = tn + c_time * h_dev
             if on_jump:  # stages at the step's end see f just before the discontinuity
-                stage_t = torch.where(c_time == 1, _nudged(t_new, -1.0), stage_t)
-            k = _stages(co["a_rows"], f, stage_t, y, state_time(h_dev), f0)
+                stage_t = torch.where(c_time == 1, nudged(t_new, -1.0), stage_t)
+            k = stage_derivatives(co["a_rows"], f, stage_t, y, state_time(h_dev), f0)
             comb = co["b_and_error"] @ k  # (2 or 3, N): solution and error combinations in one product
             y1 = y + h_dev * comb[0]
             with torch.no_grad():  # step control is not differentiated
@@ -419,7 +284,7 @@ class AdaptiveRK:
                 j = n_out
             next_out = j
             if on_jump:  # the next step starts just after the discontinuity
-                f1 = f(_nudged(t_new, 1.0), y1)
+                f1 = f(nudged(t_new, 1.0), y1)
             # Keep the proposed step after a step shortened to land on a time: landing says nothing bad.
             h = max(h_next, h) if lands else h_next
             tn, tn_host, y, f0 = t_new, t_new_host, y1, f1
