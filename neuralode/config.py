@@ -87,9 +87,22 @@ class EvalConfig:
     output: Optional[str] = None                     # append the result as one JSON line to this file
 
 
-def solver_defaults(method: str) -> dict[str, Any]:
-    """The ``solver`` config of ``solver=<method>``: the method with every other key at its default."""
-    return dataclasses.asdict(SolverConfig(method=method))
+# Runner names for a method with fixed options, beside one per SOLVERS entry. lsoda is the solver family of
+# the paper's experiments (LSODE's implicit Adams, switching to BDF when stiff), run by SciPy on the host.
+SOLVER_PRESETS: dict[str, dict[str, Any]] = {
+    "lsoda": {"method": "scipy_solver", "options": {"solver": "LSODA"}},
+}
+
+
+def solver_names() -> list[str]:
+    """Every ``solver=<name>``: the registered methods and the presets whose method is registered."""
+    return [*SOLVERS, *(name for name, p in SOLVER_PRESETS.items() if p["method"] in SOLVERS)]
+
+
+def solver_defaults(name: str) -> dict[str, Any]:
+    """The ``solver`` config of ``solver=<name>``: the method (and a preset's options) with every other key at
+    its default."""
+    return dataclasses.asdict(SolverConfig(**SOLVER_PRESETS.get(name, {"method": name})))
 
 
 def run_name(override_dirname: str) -> str:
@@ -108,10 +121,10 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     cs.store(name="base_eval", node=EvalConfig)
-    # One solver=<method> option per entry of the registry: adding a tableau adds the option. Plain dicts, so
+    # One solver=<name> option per entry of the registry (adding a tableau adds the option) and preset. Plain dicts, so
     # they merge into the train schema (SolverConfig) and the eval one (EvalSolverConfig) alike.
-    for method in SOLVERS:
-        cs.store(group="solver", name=method, node=solver_defaults(method))
+    for name in solver_names():
+        cs.store(group="solver", name=name, node=solver_defaults(name))
 
 
 def config_dir() -> Path:

@@ -30,14 +30,14 @@ class SolverSpec:
     @classmethod
     def from_config(cls, solver_cfg: Mapping[str, Any], default_tol: float) -> "SolverSpec":
         """Resolve ``tol``/``rtol``/``atol``: ``tol`` (or the task's default) sets both, each may override.
-        Adaptive methods get the runner's step cap unless the options set one."""
+        Methods with a step cap (the adaptive RK ones) get the runner's unless the options set one."""
         tol = solver_cfg.get("tol")
         tol = default_tol if tol is None else tol
         rtol = solver_cfg.get("rtol")
         atol = solver_cfg.get("atol")
         method = solver_cfg["method"]
         options = dict(solver_cfg.get("options") or {})
-        if method in SOLVERS and SOLVERS[method].adaptive:
+        if method in SOLVERS and "max_num_steps" in SOLVERS[method].valid_options:
             options.setdefault("max_num_steps", RUNNER_MAX_NUM_STEPS)
         return cls(
             method=method,

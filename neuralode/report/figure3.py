@@ -46,6 +46,12 @@ def ode_blocks(model: nn.Module) -> list[ODEBlock]:
     return blocks
 
 
+def set_method(model: nn.Module, method: str, options: dict[str, Any]) -> None:
+    """Solve every ODE block of ``model`` with ``method`` and ``options`` (forward and adjoint alike)."""
+    for block in ode_blocks(model):
+        block.solver = dataclasses.replace(block.solver, method=method, options=dict(options), adjoint_options={})
+
+
 def set_tolerance(model: nn.Module, tol: float, *, adjoint: bool | None = None) -> None:
     """Solve every ODE block of ``model`` at rtol = atol = ``tol`` (and optionally switch the adjoint)."""
     for block in ode_blocks(model):
@@ -94,13 +100,18 @@ def _reference(model: nn.Module, x: torch.Tensor, tol: float) -> tuple[torch.Ten
 
 
 def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tolerances: Sequence[float] = FIG3_TOLS_LONG,
-            repeats: int = 3, progress: bool = True) -> dict[str, Any]:
-    """Figure 3 (a)-(c) measurements of ``model`` on the batch ``(x, y)``, one record per tolerance."""
+            repeats: int = 3, progress: bool = True, solver: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Figure 3 (a)-(c) measurements of ``model`` on the batch ``(x, y)``, one record per tolerance.
+
+    ``solver`` (``method`` and ``options``): measure with that method instead of the trained one; the
+    reference stays the trained method's, so the errors of both are measured against the same solution."""
     model.eval()
     ref_tol = min(tolerances) * REFERENCE_FACTOR
     if progress:
         print(f"  figure3: reference solve in float64 at tol {ref_tol:.0e}", flush=True)
     ref_state, ref_logits = _reference(model, x, ref_tol)
+    if solver is not None:
+        set_method(model, solver["method"], solver["options"])
     hooks = _BlockOutputs(model)
     rows: list[dict[str, float]] = []
     try:
@@ -196,7 +207,8 @@ def verdict(data: dict[str, Any]) -> str:
     med = r.get("median")
     if med is None:
         return "Backward NFE was not measured."
-    span = f"median {med:.2f}, range {r['min']:.2f}-{r['max']:.2f} over {len(data['rows'])} tolerances"
+    method = data.get("solver") or data.get("method") or "the trained method"
+    span = f"median {med:.2f}, range {r['min']:.2f}-{r['max']:.2f} over {len(data['rows'])} tolerances with {method}"
     if 0.35 <= med <= 0.65:
         return f"Measured backward/forward NFE ratio: {span}. This agrees with the paper's 'roughly half'."
     return (f"Measured backward/forward NFE ratio: {span}. This does NOT reproduce the paper's claim that the "
@@ -232,8 +244,9 @@ def observations(data: dict[str, Any] | None, nfe_over_epochs: tuple[Sequence[fl
 
 
 def plot(data: dict[str, Any] | None, nfe_over_epochs: tuple[Sequence[float], Sequence[float]], out_png: Path,
-         title: str = "") -> Path:
-    """Four panels as in the paper's Figure 3; panels without data say so instead of failing."""
+         title: str = "", paper_solver: dict[str, Any] | None = None) -> Path:
+    """Four panels as in the paper's Figure 3; panels without data say so instead of failing. ``paper_solver``:
+    measurements with another method (the paper's LSODA), added to panel (c)."""
     from matplotlib.figure import Figure
 
     from neuralode.report.figures import save_figure
@@ -257,8 +270,13 @@ def plot(data: dict[str, Any] | None, nfe_over_epochs: tuple[Sequence[float], Se
         ax.set_xlabel("NFE forward")
         ax.set_ylabel(ylabel)
         ax.set_title(tag)
+    other = (paper_solver or {}).get("rows", [])
+    if rows and other:
+        axes[2].lines[0].set_label(data.get("method", "trained method"))
+        axes[2].plot([r["nfe_forward_train"] for r in other], [r["nfe_backward"] for r in other], "s-",
+                     label=paper_solver.get("solver") or paper_solver.get("method"))
     if rows:
-        lim = max(nfe + [r["nfe_backward"] for r in rows]) * 1.05
+        lim = max(nfe + [r["nfe_backward"] for r in rows + other] + [r["nfe_forward_train"] for r in other]) * 1.05
         axes[2].plot([0, lim], [0, lim / 2], "--", color="gray", label="backward = forward / 2")
         axes[2].legend(fontsize=8)
     xs, ys = nfe_over_epochs
@@ -303,11 +321,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
     parser.add_argument("--data-root", help="data.root override if the data moved since training")
+    parser.add_argument("--solver", help="measure with this solver=<name> (e.g. lsoda) instead of the trained one")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.repeats < 1 or any(t <= 0 for t in args.tolerances + args.accuracy_tolerances):
         parser.error("--batch-size and --repeats must be >= 1 and every tolerance > 0")
     if args.accuracy_images is not None and args.accuracy_images < 1:
         parser.error("--accuracy-images must be >= 1")
+    solver = None
+    if args.solver:
+        from neuralode.config import solver_defaults, solver_names
+
+        if args.solver not in solver_names():
+            parser.error(f"--solver {args.solver!r} is unknown; use one of: {', '.join(solver_names())}")
+        solver = solver_defaults(args.solver)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -319,7 +345,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     x, y = images[:args.batch_size], labels[:args.batch_size]
     print(f"figure3: {info['model']} on {info['data']} (epoch {info['epoch']}), batch {x.shape[0]}, "
           f"{len(args.tolerances)} tolerances", flush=True)
-    data = {**info, **measure(model, x, y, args.tolerances, repeats=args.repeats)}
+    data = {**info, **measure(model, x, y, args.tolerances, repeats=args.repeats, solver=solver)}
+    if solver is not None:
+        data.update(method=solver["method"], method_options=solver["options"], solver=args.solver)
     n_acc = args.accuracy_images or len(images)
     data["accuracy_images"] = n_acc
     data["accuracy_by_tolerance"] = accuracy_by_tolerance(model, images[:n_acc], labels[:n_acc],

@@ -56,6 +56,9 @@ class ProfileSpec:
     figure3_repeats: int = 3           # timed forward passes per tolerance (median)
     # The test-time trade-off table: accuracy over the run's whole test set at these tolerances.
     figure3_accuracy_tolerances: tuple[float, ...] = FIG3_ACCURACY_TOLS
+    # Panel (c) again with the paper's own solver family (solver=<name>), on the same checkpoint and batch.
+    figure3_paper_solver: str = "lsoda"
+    figure3_paper_tolerances: tuple[float, ...] = FIG3_ACCURACY_TOLS
 
 
 FIG4_TARGETS = ("ring_modes", "wave", "split_wave")
@@ -64,7 +67,8 @@ FIG5_DATASETS = ("two_circles", "two_moons")
 SPECS: dict[str, ProfileSpec] = {
     "smoke": ProfileSpec(cnf_sizes=(2,), cnf_targets=FIG4_TARGETS[:1], cnf_datasets=FIG5_DATASETS[1:],
                          fig5_planar_flows=64, figure3_tolerances=FIG3_TOLS_SHORT, figure3_batch=16,
-                         figure3_repeats=1, figure3_accuracy_tolerances=FIG3_TOLS_SHORT),
+                         figure3_repeats=1, figure3_accuracy_tolerances=FIG3_TOLS_SHORT,
+                         figure3_paper_tolerances=FIG3_TOLS_SHORT),
     "quick": ProfileSpec(cnf_sizes=paper.FIGURE4_WIDTHS, cnf_targets=FIG4_TARGETS[:1], cnf_datasets=FIG5_DATASETS,
                          fig5_planar_flows=64, figure3_tolerances=FIG3_TOLS_LONG, figure3_batch=1000,
                          figure3_repeats=1),

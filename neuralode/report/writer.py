@@ -20,6 +20,7 @@ from neuralode.utils.files import read_json
 
 STATE_FILE = "reproduce.json"
 FIGURE3_FILE = "figure3.json"
+FIGURE3_PAPER_SOLVER_FILE = "figure3_paper_solver.json"  # panel (c) with the paper's solver family
 
 
 def machine_info() -> dict[str, Any]:
@@ -150,21 +151,33 @@ def write_report(profile: str, plan: list[Run], runs_dir: Path, report_dir: Path
     odenet = t1.get("odenet")
     f3_path = (odenet.run_dir if odenet else runs_dir / "table1/odenet") / FIGURE3_FILE
     f3 = read_json(f3_path)
+    f3_paper = read_json(f3_path.with_name(FIGURE3_PAPER_SOLVER_FILE))
     nfe_epochs = odenet.series("nfe_forward") if odenet else ([], [])
-    png = figure3.plot(f3, nfe_epochs, fig_dir / "figure3.png", title="ODE-Net: NFE vs error, time, backward NFE, epoch")
+    png = figure3.plot(f3, nfe_epochs, fig_dir / "figure3.png", title="ODE-Net: NFE vs error, time, backward NFE, epoch",
+                       paper_solver=f3_paper)
     out += [_img(report_dir, png, "Figure 3"), ""]
     if f3:
         out += [f"Measured on the trained `table1/odenet` checkpoint, one test batch of {f3['batch_size']} images, "
-                f"dopri5 at rtol = atol = tol; error = relative L2 error of the ODE block's output h(1) (and of the "
-                f"logits) against a float64 solve at tol {f3['reference_tol']:.0e}; time = median forward pass; "
-                "backward NFE from one forward+backward (adjoint) pass at the same tolerance.", "",
+                f"{f3.get('method', 'dopri5')} at rtol = atol = tol; error = relative L2 error of the ODE block's "
+                f"output h(1) (and of the logits) against a float64 solve at tol {f3['reference_tol']:.0e}; "
+                "time = median forward pass; backward NFE from one forward+backward (adjoint) pass at the same tolerance.", "",
                 _figure3_table(f3), "",
                 f"**Backward vs forward NFE:** {figure3.verdict(f3)}", ""]
         if f3.get("accuracy_by_tolerance"):
-            out += [f"Test accuracy against the test-time tolerance (dopri5, the first {f3['accuracy_images']} "
-                    "test images in batches of 1000; the model was trained at the task's default tolerance):", "",
+            out += [f"Test accuracy against the test-time tolerance ({f3.get('method', 'dopri5')}, the first "
+                    f"{f3['accuracy_images']} test images in batches of 1000; the model was trained at the task's "
+                    "default tolerance):", "",
                     _accuracy_table(f3["accuracy_by_tolerance"]), ""]
         out += [" ".join(figure3.observations(f3, nfe_epochs)), ""]
+        if f3_paper:
+            out += [f"**Panel (c) with the paper's solver family:** `solver={f3_paper['solver']}` "
+                    f"(method `{f3_paper['method']}`, options `{f3_paper['method_options']}`) on the same checkpoint "
+                    f"and {f3_paper['batch_size']} images, forward and adjoint alike; errors against the same "
+                    "reference solve. Shown in panel (c) beside the trained method.", "",
+                    _figure3_table(f3_paper), "",
+                    f"**Backward vs forward NFE, paper's solver:** {figure3.verdict(f3_paper)}", ""]
+        else:
+            out += [f"_Panel (c) with the paper's solver family not measured ({FIGURE3_PAPER_SOLVER_FILE} not found)._", ""]
     else:
         out += [f"_Figure 3 measurements missing ({f3_path} not found); panel (d) uses metrics.jsonl only._", ""]
     out += ["Paper's claims: " + " ".join(paper.FIGURE3_CLAIMS), ""]

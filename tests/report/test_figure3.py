@@ -57,6 +57,23 @@ def test_figure3_measures_a_trained_odenet(tmp_path: Path) -> None:
     assert all(0 <= r["accuracy"] <= 1 and r["accuracy"] * 10 == round(r["accuracy"] * 10) for r in (acc_loose, acc_tight))
 
 
+def test_figure3_with_the_paper_solver_family(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--solver lsoda measures the same checkpoint with SciPy's LSODA, forward and adjoint."""
+    run_dir = train_tiny(tmp_path, "odenet")
+    out = tmp_path / "lsoda.json"
+    assert figure3.main([str(run_dir), "--solver", "lsoda", "--tolerances", "1e-2", "1e-4", "--batch-size", "4",
+                         "--repeats", "1", "--accuracy-tolerances", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert (data["solver"], data["method"], data["method_options"]) == ("lsoda", "scipy_solver", {"solver": "LSODA"})
+    loose, tight = data["rows"]
+    assert tight["nfe_forward"] > loose["nfe_forward"] > 0 and loose["nfe_backward"] > 0
+    assert tight["error_state"] < loose["error_state"]
+    assert "with lsoda" in figure3.verdict(data) and data["accuracy_by_tolerance"] == []
+    with pytest.raises(SystemExit):
+        figure3.main([str(run_dir), "--solver", "lsodaa"])
+    assert "--solver 'lsodaa' is unknown" in capsys.readouterr().err
+
+
 def test_figure3_rejects_a_model_without_ode_block(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = train_tiny(tmp_path, "mlp")
     assert figure3.main([str(run_dir), "--batch-size", "2"]) == 2

@@ -11,7 +11,7 @@ from neuralode.report import paper, tables
 from neuralode.report.plan import DataChoice, build_plan
 from neuralode.report.reproduce import detect_data, is_complete
 from neuralode.report.runs import load_run, read_metrics
-from neuralode.report.writer import FIGURE3_FILE, STATE_FILE, write_report
+from neuralode.report.writer import FIGURE3_FILE, FIGURE3_PAPER_SOLVER_FILE, STATE_FILE, write_report
 
 
 def write_metrics(run_dir: Path, records: list[dict]) -> None:
@@ -97,6 +97,15 @@ def test_figure3_section_reads_measurements(runs_dir: Path, tmp_path: Path) -> N
     text = write_report("smoke", plan, runs_dir, tmp_path / "report").read_text()
     assert "does NOT reproduce" in text and "1.30" in text
     assert "1e-01" in text and "1.00e-04" in text
+    assert f"{FIGURE3_PAPER_SOLVER_FILE} not found" in text
+    # Panel (c) with the paper's solver family, from its own measurements file.
+    half = [{**r, "nfe_backward": r["nfe_forward"] / 2} for r in rows]
+    (odenet / FIGURE3_PAPER_SOLVER_FILE).write_text(json.dumps({
+        "batch_size": 8, "reference_tol": 1e-9, "rows": half, "solver": "lsoda", "method": "scipy_solver",
+        "method_options": {"solver": "LSODA"}, "backward_over_forward": {"median": 0.5, "min": 0.5, "max": 0.5}}))
+    text = write_report("smoke", plan, runs_dir, tmp_path / "report").read_text()
+    paper_part = text.split("Panel (c) with the paper's solver family:")[1]
+    assert "`solver=lsoda`" in paper_part and "agrees with the paper's 'roughly half'" in paper_part
 
 
 def test_tables_format_missing_cells() -> None:

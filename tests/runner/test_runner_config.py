@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 from runner_helpers import compose_config, toy_config
 
 from neuralode.config import ConfigError, config_dir, run_name, validate
-from neuralode.models.odeblock import SolverSpec
+from neuralode.models.odeblock import RUNNER_MAX_NUM_STEPS, SolverSpec
 from neuralode.solvers import SOLVERS
 
 
@@ -27,6 +27,16 @@ def test_every_registered_method_is_a_solver_option():
         assert OmegaConf.to_container(toy_config(f"solver={method}").solver) == {
             "method": method, "tol": None, "rtol": None, "atol": None, "adjoint": True,
             "options": {}, "adjoint_options": {}}
+
+
+def test_lsoda_preset_is_the_paper_solver_family():
+    """solver=lsoda: SciPy's LSODA behind scipy_solver, valid for the runner, with the runner's step cap."""
+    cfg = toy_config("solver=lsoda")
+    assert OmegaConf.to_container(cfg.solver)["method"] == "scipy_solver"
+    assert OmegaConf.to_container(cfg.solver)["options"] == {"solver": "LSODA"}
+    validate(cfg)
+    spec = SolverSpec.from_config(cfg.solver, default_tol=cfg.task.default_tol)
+    assert (spec.method, spec.options) == ("scipy_solver", {"solver": "LSODA", "max_num_steps": RUNNER_MAX_NUM_STEPS})
 
 
 @pytest.mark.parametrize(("overrides", "rtol", "atol"), [
