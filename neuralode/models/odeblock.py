@@ -1,6 +1,7 @@
 """An ``nn.Module`` that integrates a dynamics module with the configured solver and counts its work."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,6 +11,8 @@ from torch import nn
 
 from neuralode.solvers import SOLVERS, SolveStats, odeint, odeint_adjoint
 from neuralode.solvers.adjoint import inherited_options
+
+log = logging.getLogger(__name__)
 
 # The runner's step cap for adaptive solves (the public odeint has none): dynamics a bad learning rate blew up
 # end in one clear line instead of an epoch that never finishes. solver.options.max_num_steps overrides it.
@@ -39,11 +42,16 @@ class SolverSpec:
         options = dict(solver_cfg.get("options") or {})
         if method in SOLVERS and "max_num_steps" in SOLVERS[method].valid_options:
             options.setdefault("max_num_steps", RUNNER_MAX_NUM_STEPS)
+        adjoint = bool(solver_cfg.get("adjoint", True))
+        if not adjoint and not getattr(SOLVERS.get(method), "backpropagates", True):
+            # e.g. solver=lsoda in a task that backpropagates through the solver: the adjoint is its only gradient.
+            log.info("solver.method=%s cannot backpropagate through its steps: using the adjoint", method)
+            adjoint = True
         return cls(
             method=method,
             rtol=float(tol if rtol is None else rtol),
             atol=float(tol if atol is None else atol),
-            adjoint=bool(solver_cfg.get("adjoint", True)),
+            adjoint=adjoint,
             options=options,
             adjoint_options=dict(solver_cfg.get("adjoint_options") or {}),
         )

@@ -31,6 +31,7 @@ class Solver(Protocol):
     Optional: a method that calls the user's step hooks lists them in ``valid_callbacks`` (e.g.
     ``{"callback_step"}``) and then receives ``callbacks=StepCallbacks(...)`` in ``solve``; one that supports
     ``event_fn`` has ``solve_until_event`` (as :class:`~neuralode.solvers.rk.AdaptiveRK`).
+    ``backpropagates = False``: gradients cannot flow through the steps (only through the adjoint).
     """
 
     name: str

@@ -56,6 +56,7 @@ class ScipySolver:
     adaptive = True
     increasing_time_only = True
     valid_options = ("solver", "min_step", "max_step", "max_num_steps")
+    backpropagates = False  # NumPy steps: gradients only through odeint_adjoint
     valid_callbacks = frozenset()
 
     def solve(self, f: Dynamics, y0: torch.Tensor, t: torch.Tensor, t_host: list[float], *,
