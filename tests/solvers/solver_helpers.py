@@ -19,3 +19,15 @@ class MLPDynamics(nn.Module):
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.l2(torch.tanh(self.l1(y) + t))
+
+
+class Counting(nn.Module):
+    """Counts the calls another library (torchdiffeq, SciPy) makes; neuralode counts its own into SolveStats."""
+
+    def __init__(self, func: nn.Module) -> None:
+        super().__init__()
+        self.func, self.calls = func, 0
+
+    def forward(self, t, y):
+        self.calls += 1
+        return self.func(t, y)

@@ -7,7 +7,7 @@ from fractions import Fraction
 import pytest
 import torch
 import torchdiffeq
-from solver_helpers import MLPDynamics
+from solver_helpers import Counting, MLPDynamics
 from torchdiffeq._impl.fixed_adams import _BASHFORTH_DIVISOR, _MOULTON_DIVISOR
 
 from neuralode import SOLVERS, SolveStats, odeint
@@ -15,17 +15,6 @@ from neuralode.solvers.adams import MAX_ORDER, adams_coefficients
 
 METHODS = ["explicit_adams", "implicit_adams", "fixed_adams"]
 
-
-class Counting(torch.nn.Module):
-    """Counts the calls torchdiffeq makes (neuralode counts its own into SolveStats)."""
-
-    def __init__(self, func: torch.nn.Module) -> None:
-        super().__init__()
-        self.func, self.calls = func, 0
-
-    def forward(self, t, y):
-        self.calls += 1
-        return self.func(t, y)
 
 
 @pytest.mark.parametrize("implicit", [False, True])

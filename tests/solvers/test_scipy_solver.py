@@ -7,7 +7,7 @@ import pytest
 import scipy.integrate
 import torch
 import torchdiffeq
-from solver_helpers import MLPDynamics
+from solver_helpers import Counting, MLPDynamics
 
 from neuralode import SolveStats, odeint, odeint_adjoint
 from neuralode.solvers import MaxNumStepsError
@@ -15,15 +15,6 @@ from neuralode.solvers import MaxNumStepsError
 # torchdiffeq passes min_step to every SciPy method, and all but LSODA warn about it.
 pytestmark = pytest.mark.filterwarnings("ignore:The following arguments have no effect:UserWarning")
 
-
-class Counting(torch.nn.Module):
-    def __init__(self, func: torch.nn.Module) -> None:
-        super().__init__()
-        self.func, self.calls = func, 0
-
-    def forward(self, t, y):
-        self.calls += 1
-        return self.func(t, y)
 
 
 def _problem():
