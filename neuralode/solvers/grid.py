@@ -12,8 +12,9 @@ import torch
 from neuralode.solvers.common import Counter, Dynamics, MaxNumStepsError, StepCallbacks, hermite, nudged
 from neuralode.solvers.norms import Tolerance
 
-# One fixed step from (t0, y) to t1: the new state and f(t0, y) (the slope cubic outputs use).
-FixedStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# One fixed step from (t0, y) to t1: the new state and f(t0, y) (the slope cubic outputs use), or None for a
+# method that does not evaluate it (it is then evaluated only where a cubic output needs it).
+FixedStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 
 # torchdiffeq's cap on the steps a fixed-step solve may take looking for an event.
 MAX_FIXED_EVENT_STEPS = 20000
@@ -123,6 +124,7 @@ def step_until_event(step: FixedStep, f: Dynamics, y0: torch.Tensor, t: torch.Te
         if event.crossed(tb, y1):
             y_a = y
             if cubic:
+                f0 = f(ta, y_a) if f0 is None else f0
                 f1 = f(tb, y1)
                 interp = lambda s: hermite(((s - ta) / dt)[None], dt, y_a, y1, f0, f1)[0]  # noqa: E731
             else:

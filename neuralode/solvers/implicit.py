@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from neuralode.solvers.common import Counter, Dynamics, StepCallbacks
-from neuralode.solvers.grid import grid_outputs, stage_times, step_grid
+from neuralode.solvers.grid import grid_outputs, stage_times, step_grid, step_until_event
 from neuralode.solvers.implicit_tableaus import ImplicitTableau
 from neuralode.solvers.norms import Norm
 from neuralode.solvers.rk import FixedGridRK
@@ -109,6 +109,30 @@ class ImplicitRK:
         # Outputs between grid points as the explicit fixed-grid methods give them; cubic ones cost an evaluation
         # per grid point (the stage derivatives are not f at the grid points).
         return grid_outputs(f, t, t_host, grid, grid_host, torch.stack(states), None, options.get("interp", "linear"))
+
+    def solve_until_event(self, f: Dynamics, y0: torch.Tensor, t: torch.Tensor, t_host: list[float], *,
+                          rtol: float, atol: float, norm: Norm, options: Mapping[str, Any], counter: Counter,
+                          event: Any, time_sign: float = 1.0, callbacks: StepCallbacks | None = None) -> None:
+        """Fixed steps of ``options['step_size']`` until ``event`` changes sign (see :func:`step_until_event`);
+        each step's Newton iteration starts from ``K = 0``."""
+        tab = self.tableau
+        newton = _Newton(f, tab.tensors(y0.dtype, y0.device), int(options.get("max_iters", _DEFAULT_MAX_ITERS)),
+                         *_NEWTON_TOL.get(y0.dtype, _NEWTON_TOL[torch.float64]))
+        direction = 1.0 if t_host[-1] >= t_host[0] else -1.0
+        perturb = bool(options.get("perturb", False))
+
+        def step(ta: torch.Tensor, tb: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+            times = stage_times(newton.co["c"], tab.c, ta[None], tb[None], perturb, direction)[0]
+            guess = y.detach().new_zeros(tab.stages, y.shape[0])
+            if tab.diagonally_implicit:
+                k = self._dirk_step(newton, times, tb - ta, y, guess, None)
+            else:
+                k = newton.solve(times, y, newton.co["a"], tb - ta, guess)
+            # An explicit first stage is f(t0, y) itself, which a cubic output can reuse.
+            return y + (tb - ta) * (newton.co["b"] @ k), k[0] if tab.explicit_first_stage else None
+
+        step_until_event(step, f, y0, t, t_host, name=self.name, atol=atol, options=options, counter=counter,
+                         event=event, time_sign=time_sign, callbacks=callbacks)
 
     def _dirk_step(self, newton: "_Newton", times: torch.Tensor, h: torch.Tensor, y: torch.Tensor,
                    guess: torch.Tensor, f_first: torch.Tensor | None) -> torch.Tensor:

@@ -135,6 +135,20 @@ def test_event_solve_returns_times_on_the_user_side_and_counts_work():
     assert float(event_t) == 0.0 and torch.equal(ys[0], ys[1])
 
 
+@pytest.mark.parametrize("method, interp, tol", [("radauIIA5", "cubic", 1e-6), ("gl4", "cubic", 1e-6),
+                                                  ("sdirk2", "cubic", 5e-4), ("trbdf2", "linear", 2e-3)])
+def test_implicit_fixed_step_methods_find_events(method: str, interp: str, tol: float):
+    """The implicit family steps through the same fixed-step event search: event time and its gradient."""
+    k, y0 = 1.3, 2.0
+    tau = math.log(y0 / 0.5) / k
+    event_t, solution, d_y0, d_k = _event_and_grads(OURS, y0, method=method,
+                                                    options=dict(step_size=0.05, interp=interp), **TOL)
+    assert abs(float(event_t) - tau) < tol
+    assert abs(float(solution[-1][0]) - 0.5) < tol
+    second = math.exp(-k * tau)
+    torch.testing.assert_close(d_y0, torch.tensor([1 / (k * y0) - second / y0, second]), rtol=0, atol=50 * tol)
+
+
 @pytest.mark.parametrize("t, method, options, message", [
     (torch.tensor([0.0, 0.5, 1.0]), "dopri5", None, "t must hold 2 times"),
     (torch.tensor([0.0, 1.0]), "rk4", None, "needs options\\['step_size'\\]"),
