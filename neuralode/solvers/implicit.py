@@ -61,8 +61,7 @@ class ImplicitRK:
             raise ValueError(f"method {self.name!r} reads Newton's convergence on the host, so it cannot run inside "
                              "CUDA-graph capture; use an explicit method there")
         tab = self.tableau
-        newton = _Newton(f, tab.tensors(y0.dtype, y0.device), int(options.get("max_iters", _DEFAULT_MAX_ITERS)),
-                         *_NEWTON_TOL.get(y0.dtype, _NEWTON_TOL[torch.float64]))
+        newton = self._newton(f, y0, options)
         # The explicit fixed-grid methods' grid and stage times (they use only the tableau's c).
         grid, grid_host = step_grid(f, y0, t, t_host, options)
         steps_host = t_host if grid_host is None else grid_host
@@ -92,10 +91,7 @@ class ImplicitRK:
             else:
                 guess = y.detach().new_zeros(tab.stages, y.shape[0])
             newton.step_iterations = 0
-            if tab.diagonally_implicit:
-                k = self._dirk_step(newton, stage_t[n], dts[n], y, guess, f_last)
-            else:
-                k = newton.solve(stage_t[n], y, newton.co["a"], dts[n], guess)
+            k = self._stages(newton, stage_t[n], dts[n], y, guess, f_last)
             y = y + dts[n] * (newton.co["b"] @ k)
             states.append(y)
             history = history[-1:] + [(stage_times_host, k.detach())]
@@ -116,23 +112,30 @@ class ImplicitRK:
         """Fixed steps of ``options['step_size']`` until ``event`` changes sign (see :func:`step_until_event`);
         each step's Newton iteration starts from ``K = 0``."""
         tab = self.tableau
-        newton = _Newton(f, tab.tensors(y0.dtype, y0.device), int(options.get("max_iters", _DEFAULT_MAX_ITERS)),
-                         *_NEWTON_TOL.get(y0.dtype, _NEWTON_TOL[torch.float64]))
+        newton = self._newton(f, y0, options)
         direction = 1.0 if t_host[-1] >= t_host[0] else -1.0
         perturb = bool(options.get("perturb", False))
 
         def step(ta: torch.Tensor, tb: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
             times = stage_times(newton.co["c"], tab.c, ta[None], tb[None], perturb, direction)[0]
             guess = y.detach().new_zeros(tab.stages, y.shape[0])
-            if tab.diagonally_implicit:
-                k = self._dirk_step(newton, times, tb - ta, y, guess, None)
-            else:
-                k = newton.solve(times, y, newton.co["a"], tb - ta, guess)
+            k = self._stages(newton, times, tb - ta, y, guess, None)
             # An explicit first stage is f(t0, y) itself, which a cubic output can reuse.
             return y + (tb - ta) * (newton.co["b"] @ k), k[0] if tab.explicit_first_stage else None
 
         step_until_event(step, f, y0, t, t_host, name=self.name, atol=atol, options=options, counter=counter,
                          event=event, time_sign=time_sign, callbacks=callbacks)
+
+    def _newton(self, f: Dynamics, y0: torch.Tensor, options: Mapping[str, Any]) -> "_Newton":
+        return _Newton(f, self.tableau.tensors(y0.dtype, y0.device), int(options.get("max_iters", _DEFAULT_MAX_ITERS)),
+                       *_NEWTON_TOL.get(y0.dtype, _NEWTON_TOL[torch.float64]))
+
+    def _stages(self, newton: "_Newton", times: torch.Tensor, h: torch.Tensor, y: torch.Tensor, guess: torch.Tensor,
+                f_first: torch.Tensor | None) -> torch.Tensor:
+        """Stage derivatives of one step: stage by stage for a diagonally implicit tableau, else all at once."""
+        if self.tableau.diagonally_implicit:
+            return self._dirk_step(newton, times, h, y, guess, f_first)
+        return newton.solve(times, y, newton.co["a"], h, guess)
 
     def _dirk_step(self, newton: "_Newton", times: torch.Tensor, h: torch.Tensor, y: torch.Tensor,
                    guess: torch.Tensor, f_first: torch.Tensor | None) -> torch.Tensor:
