@@ -17,6 +17,10 @@ log = logging.getLogger(__name__)
 # The runner's step cap for adaptive solves (the public odeint has none): dynamics a bad learning rate blew up
 # end in one clear line instead of an epoch that never finishes. solver.options.max_num_steps overrides it.
 RUNNER_MAX_NUM_STEPS = 10_000
+# The runner's step control for the adaptive RK methods: the PI controller took fewer evaluations than the
+# public API's torchdiffeq-compatible default on the ODE-Net adjoint step and the spiral latent ODE
+# (docs/benchmarks.md, section 5).
+RUNNER_CONTROLLER = "pi"
 
 
 @dataclass
@@ -33,15 +37,18 @@ class SolverSpec:
     @classmethod
     def from_config(cls, solver_cfg: Mapping[str, Any], default_tol: float) -> "SolverSpec":
         """Resolve ``tol``/``rtol``/``atol``: ``tol`` (or the task's default) sets both, each may override.
-        Methods with a step cap (the adaptive RK ones) get the runner's unless the options set one."""
+        The adaptive RK methods get the runner's step cap and controller unless the options set them."""
         tol = solver_cfg.get("tol")
         tol = default_tol if tol is None else tol
         rtol = solver_cfg.get("rtol")
         atol = solver_cfg.get("atol")
         method = solver_cfg["method"]
         options = dict(solver_cfg.get("options") or {})
-        if method in SOLVERS and "max_num_steps" in SOLVERS[method].valid_options:
+        valid = SOLVERS[method].valid_options if method in SOLVERS else ()
+        if "max_num_steps" in valid:
             options.setdefault("max_num_steps", RUNNER_MAX_NUM_STEPS)
+        if "controller" in valid:
+            options.setdefault("controller", RUNNER_CONTROLLER)
         adjoint = bool(solver_cfg.get("adjoint", True))
         if not adjoint and not getattr(SOLVERS.get(method), "backpropagates", True):
             # e.g. solver=lsoda in a task that backpropagates through the solver: the adjoint is its only gradient.

@@ -192,7 +192,8 @@ class _AdjointFunction(torch.autograd.Function):
         # Each interval after the first continues with the step size the previous one ended on (unless the
         # user fixed first_step): a fresh estimate per output time would cost an NFE and restart from a
         # tiny step. The first interval estimates its own: starting it with the forward solve's last step
-        # saved NFE but measurably loosened the ODE-Net's gradients at tol 1e-3 (docs/benchmarks.md).
+        # saved NFE but measurably loosened the ODE-Net's gradients at tol 1e-3 (docs/benchmarks.md). Each
+        # interval lands on its end, where the next starts (a step past it would be thrown away).
         carry = bwd.solver.adaptive and bwd.options.get("first_step") is None
         first_step = None
         with torch.no_grad():
@@ -207,7 +208,7 @@ class _AdjointFunction(torch.autograd.Function):
                 pair = torch.stack([t[i], t[i - 1]])
                 options = {**bwd.options, "first_step": first_step} if carry and first_step else bwd.options
                 z = integrate(bwd.solver, augmented, z, pair, [t_host[i], t_host[i - 1]], bwd.rtol, bwd.atol,
-                              options, spec.norm, counter, spec.adjoint_callbacks)[-1]
+                              options, spec.norm, counter, spec.adjoint_callbacks, land=True)[-1]
                 first_step = counter.next_step
                 a = z[n:2 * n] + grad_ys[i - 1]
                 a_params = z[2 * n:]

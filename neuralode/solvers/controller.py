@@ -1,17 +1,50 @@
-"""Step-size control: Hairer's automatic first step and a PI controller.
+"""Step-size control: Hairer's automatic first step and two controllers, chosen by ``options['controller']``.
 
-The controller works on host floats: the solver fetches the error ratio of each attempted step from
+- ``integral`` (the default): torchdiffeq's rule, so that a drop-in call takes torchdiffeq's steps.
+- ``pi``: a PI controller that lands on the last output; fewer evaluations on the neural ODEs measured in
+  docs/benchmarks.md, which is why the training runner selects it.
+
+A controller works on host floats: the solver fetches the error ratio of each attempted step from
 the device once (that single sync decides accept/reject anyway), and the next step size follows from
 it without touching the device again.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, Union
 
 import torch
 
 from neuralode.solvers.norms import Norm, Tolerance, error_scale
+
+
+@dataclass
+class IntegralController:
+    """torchdiffeq's rule: ``h_new = h * clamp(safety * r**(-1/k))`` with ``r`` the error ratio (accept r <= 1)
+    and ``k`` the order of the local error estimate. An accepted step never shrinks (its factor is clamped
+    to ``[1, ifactor]``), a rejected one shrinks by at most ``dfactor``; a non-finite error shrinks by
+    ``dfactor``. Steps run past the last output, which comes from the dense output, as in torchdiffeq.
+    """
+
+    error_order: int
+    safety: float = 0.9
+    ifactor: float = 10.0
+    dfactor: float = 0.2
+    min_step: float = 0.0
+    max_step: float = math.inf
+    lands_on_last_output = False
+
+    def next_step(self, h: float, ratio: float, accepted: bool) -> float:
+        if not math.isfinite(ratio):
+            factor = self.dfactor
+        elif ratio == 0.0:
+            factor = self.ifactor
+        else:
+            factor = self.safety * ratio ** (-1.0 / self.error_order)
+            factor = min(self.ifactor, max(1.0, factor)) if accepted else min(1.0, max(self.dfactor, factor))
+        return min(self.max_step, max(self.min_step, h * factor))
 
 
 @dataclass
@@ -26,7 +59,8 @@ class PIController:
     torchdiffeq for errors well below tolerance (docs/benchmarks.md): with these coefficients the ODE-Net
     at tol 1e-3 takes torchdiffeq's step count with a smaller error. Accepted steps change by a factor
     in ``[dfactor, ifactor]``; rejected steps never grow; a non-finite error (overflowing dynamics)
-    shrinks by ``dfactor``.
+    shrinks by ``dfactor``. The solve lands on the last output time (two equal steps rather than a step and
+    a sliver) instead of stepping past it.
     """
 
     error_order: int
@@ -35,6 +69,7 @@ class PIController:
     dfactor: float = 0.2
     min_step: float = 0.0
     max_step: float = math.inf
+    lands_on_last_output = True
 
     def __post_init__(self) -> None:
         self.beta = 0.2 / self.error_order
@@ -74,3 +109,19 @@ def initial_step(f, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor, error_
     h1 = torch.where(dmax <= 1e-15, torch.clamp_min(h0 * 1e-3, 1e-6),
                      (0.01 / dmax.clamp_min(torch.finfo(dmax.dtype).tiny)) ** (1.0 / error_order))
     return torch.minimum(100 * h0, h1)
+
+
+Controller = Union[IntegralController, PIController]
+CONTROLLERS: dict[str, type[IntegralController] | type[PIController]] = {
+    "integral": IntegralController, "pi": PIController}
+
+
+def make_controller(options: Mapping[str, Any], error_order: int) -> Controller:
+    """The controller ``options['controller']`` names (default ``integral``) with the options' safety,
+    ifactor, dfactor, min_step and max_step."""
+    name = options.get("controller", "integral")
+    if name not in CONTROLLERS:
+        raise ValueError(f"options['controller']={name!r} is unknown; use one of: {', '.join(CONTROLLERS)}")
+    return CONTROLLERS[name](error_order, float(options.get("safety", 0.9)), float(options.get("ifactor", 10.0)),
+                             float(options.get("dfactor", 0.2)), float(options.get("min_step", 0.0)),
+                             float(options.get("max_step", math.inf)))

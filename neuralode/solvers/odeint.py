@@ -15,6 +15,7 @@ from typing import Any, Union
 import torch
 
 from neuralode.solvers.common import Counter, Dynamics, StepCallbacks
+from neuralode.solvers.controller import CONTROLLERS
 from neuralode.solvers.norms import MixedNorm, Norm, PairModulus, Tolerance
 from neuralode.solvers.registry import SOLVERS
 from neuralode.solvers.stats import SolveStats
@@ -44,6 +45,7 @@ _OPTION_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "step_t": (lambda v: _finite_times(v), "a 1-D tensor or sequence of finite times"),
     "jump_t": (lambda v: _finite_times(v), "a 1-D tensor or sequence of finite times"),
     "dtype": (lambda v: isinstance(v, torch.dtype) and v.is_floating_point, "a floating torch.dtype (e.g. torch.float64)"),
+    "controller": (lambda v: isinstance(v, str) and v in CONTROLLERS, " or ".join(map(repr, CONTROLLERS))),
 }
 
 
@@ -357,11 +359,14 @@ def supported_callbacks(solver, callbacks: StepCallbacks | None, names: tuple[st
 
 def integrate(solver, f: Dynamics, y0: torch.Tensor, t: torch.Tensor, t_host: list[float] | None,
               rtol: Tolerance, atol: Tolerance, options: dict[str, Any], norm: Norm, counter: Counter,
-              callbacks: StepCallbacks | None = None) -> torch.Tensor:
+              callbacks: StepCallbacks | None = None, land: bool = False) -> torch.Tensor:
+    """``land``: end on ``t[-1]`` exactly, where a method would otherwise step past it and interpolate back."""
     if t_host is not None and len(t_host) == 1:
         return y0[None]
-    # Hooks are passed only when given: methods without them need not take the keyword.
-    hooks = {} if callbacks is None else {"callbacks": callbacks}
+    # Hooks and ``land`` are passed only when given: methods without them need not take the keyword.
+    hooks: dict[str, Any] = {} if callbacks is None else {"callbacks": callbacks}
+    if land and getattr(solver, "can_overshoot", False):
+        hooks["land"] = True
     if solver.increasing_time_only and t_host[-1] < t_host[0]:
         # Decreasing time: solve ds/dy = -f(-s, y) on s = -t, which increases.
         if callbacks is not None:

@@ -25,7 +25,7 @@ from neuralode.solvers.common import (
     StepCallbacks,
     nudged,
 )
-from neuralode.solvers.controller import PIController, initial_step
+from neuralode.solvers.controller import initial_step, make_controller
 from neuralode.solvers.grid import grid_outputs, stage_times, step_grid, step_until_event
 from neuralode.solvers.norms import Norm, Tolerance, error_scale
 from neuralode.solvers.tableaus import ButcherTableau
@@ -136,15 +136,16 @@ def _host_times(times: Any) -> list[float]:
 
 
 class AdaptiveRK:
-    """Embedded RK pair with a PI step-size controller and dense output at the requested times.
+    """Embedded RK pair with adaptive steps (``options["controller"]``) and dense output at the requested times.
 
     ``t`` must be increasing here (odeint maps decreasing time onto increasing time).
     """
 
     adaptive = True
     increasing_time_only = True
+    can_overshoot = True  # solve() takes ``land``
     valid_options = ("first_step", "safety", "ifactor", "dfactor", "min_step", "max_step",
-                     "max_num_steps", "norm", "step_t", "jump_t", "dtype")
+                     "max_num_steps", "norm", "step_t", "jump_t", "dtype", "controller")
     valid_callbacks = frozenset({"callback_step", "callback_accept_step", "callback_reject_step"})
 
     def __init__(self, tableau: ButcherTableau) -> None:
@@ -162,16 +163,17 @@ class AdaptiveRK:
 
     def solve(self, f: Dynamics, y0: torch.Tensor, t: torch.Tensor, t_host: list[float], *,
               rtol: float, atol: float, norm: Norm, options: Mapping[str, Any], counter: Counter,
-              time_sign: float = 1.0, callbacks: StepCallbacks | None = None, event: Any = None) -> torch.Tensor:
+              time_sign: float = 1.0, callbacks: StepCallbacks | None = None, event: Any = None,
+              land: bool = False) -> torch.Tensor:
+        """``land``: end exactly on the last output time whatever the controller (the adjoint's intervals: the
+        next one starts there)."""
         tab = self.tableau
         co = tab.tensors(y0.dtype, y0.device)
         n_out = len(t_host)
         blocks = [y0[None]]
         if n_out == 1:
             return blocks[0]
-        ctrl = PIController(tab.error_order, float(options.get("safety", 0.9)), float(options.get("ifactor", 10.0)),
-                            float(options.get("dfactor", 0.2)), float(options.get("min_step", 0.0)),
-                            float(options.get("max_step", math.inf)))
+        ctrl = make_controller(options, tab.error_order)
         # No cap unless asked (torchdiffeq has none either); the training runner sets one (RUNNER_MAX_NUM_STEPS).
         max_steps = options.get("max_num_steps") or math.inf
         user_t = lambda s: time_sign * s  # noqa: E731  (times in messages are the caller's times)
@@ -216,15 +218,17 @@ class AdaptiveRK:
                     f"[{user_t(t_host[0]):.6g}, {user_t(t_host[-1]):.6g}]; loosen rtol/atol, raise "
                     "options['max_num_steps'], or use a fixed-step method (e.g. method='rk4', "
                     "options=dict(step_size=...))")
+            # The integral controller steps past the last output (torchdiffeq's steps); stops and events land.
+            overshoot = not (land or on_stop or ctrl.lands_on_last_output or event is not None)
             # Stretch by up to 1% rather than leave a sliver of a step (as Hairer's codes do).
-            lands = 1.01 * h >= remaining
+            lands = 1.01 * h >= remaining and not overshoot
             if lands:
                 # Differentiable in the target time, so gradients w.r.t. t reach outputs we land on.
                 h_step, h_dev, t_new, t_new_host = remaining, goal - tn, goal, goal_host
             else:
                 # Two steps are needed to land either way: make them equal rather than a full step and a
                 # sliver. The full step is the one likeliest to be rejected (6 wasted NFE on the ODE-Net).
-                h_step = h_dev = remaining / 2 if remaining < 2 * h else h
+                h_step = h_dev = remaining / 2 if remaining < 2 * h and not overshoot else h
                 t_new, t_new_host = tn + h_step, tn_host + h_step
                 if t_new_host == tn_host:
                     raise NonFiniteError(f"step size underflow at t={user_t(tn_host):.6g} (h={h:.3g}); "
@@ -275,7 +279,7 @@ class AdaptiveRK:
                 next_stop += 1
             reached = lands and t_new_host == t_host[target]
             j = next_out
-            while j < n_out and t_host[j] < t_new_host:
+            while j < n_out and (t_host[j] < t_new_host or overshoot and t_host[j] == t_new_host):
                 j += 1
             if j > next_out:
                 blocks.append(self._interpolate(co, *out_times(t[next_out:j], tn), state_time(h_dev), y, y1, f0, f1, k))

@@ -128,17 +128,35 @@ RK4 = _make("rk4", 4, [0, F(1, 3), F(2, 3), 1],
 HEUN2 = _make("heun2", 2, [0, 1], [[1]], [F(1, 2), F(1, 2)])
 HEUN3 = _make("heun3", 3, [0, F(1, 3), F(2, 3)], [[F(1, 3)], [0, F(2, 3)]], [F(1, 4), 0, F(3, 4)])
 
+def _quartic_dense(b: list[Number], mid: list[Number]) -> list[list[Number]]:
+    """Dense rows of the quartic through ``y0``, ``y1 = y0 + h b.K``, ``y_mid = y0 + h mid.K`` (a midpoint
+    estimate) and the slopes ``K[0]`` at ``t0`` and ``K[-1]`` at ``t1``: in powers of theta,
+    ``h K[0] th + (h(K[-1] - 4K[0]) - 5dy + 16dm) th^2 + (h(5K[0] - 3K[-1]) + 14dy - 32dm) th^3
+    + (2h(K[-1] - K[0]) - 8dy + 16dm) th^4`` with ``dy = y1 - y0`` and ``dm = y_mid - y0``."""
+    last = len(b) - 1
+    rows = []
+    for i, (bi, mi) in enumerate(zip(b, mid)):
+        first, end = int(i == 0), int(i == last)
+        rows.append([first, end - 4 * first - 5 * bi + 16 * mi, 5 * first - 3 * end + 14 * bi - 32 * mi,
+                     2 * (end - first) - 8 * bi + 16 * mi])
+    return rows
+
+
 # --- adaptive ----------------------------------------------------------------------------------
 # Heun's method with Euler as the embedded estimate; the Euler point's derivative starts the next step, as in
-# torchdiffeq (1 evaluation of f per step instead of 2).
+# torchdiffeq (1 evaluation of f per step instead of 2). Outputs between steps come from torchdiffeq's quartic
+# through the Euler half step (order 1 in theta, but with it a drop-in call gets torchdiffeq's outputs).
 ADAPTIVE_HEUN = _make("adaptive_heun", 2, [0, 1], [[1]], [F(1, 2), F(1, 2)], b_low=[1, 0], error_order=2,
-                      reuse_last_stage=True)
+                      reuse_last_stage=True, dense=_quartic_dense([F(1, 2), F(1, 2)], [F(1, 2), 0]),
+                      interpolation="polynomial", dense_order=1)
 
 # Runge-Kutta-Fehlberg 1(2): the 2nd-order solution is propagated (as torchdiffeq does; Fehlberg propagated the
 # 1st-order one, whose derivative is the last stage) and the 1st-order one is the estimate; 2 evaluations per step.
+# Outputs between steps: torchdiffeq's quartic through the midpoint-rule half step.
 FEHLBERG2 = _make("fehlberg2", 2, [0, F(1, 2), 1], [[F(1, 2)], [F(1, 256), F(255, 256)]],
                   [F(1, 512), F(255, 256), F(1, 512)], b_low=[F(1, 256), F(255, 256), 0], error_order=2,
-                  reuse_last_stage=True)
+                  reuse_last_stage=True, dense=_quartic_dense([F(1, 512), F(255, 256), F(1, 512)], [0, F(1, 2), 0]),
+                  interpolation="polynomial", dense_order=1)
 
 # Bogacki-Shampine 3(2), FSAL.
 BOSH3 = _make("bosh3", 3, [0, F(1, 2), F(3, 4), 1],
@@ -172,7 +190,9 @@ DOPRI5 = _make("dopri5", 5, [0, F(1, 5), F(3, 10), F(4, 5), F(8, 9), 1, 1],
                 [F(9017, 3168), F(-355, 33), F(46732, 5247), F(49, 176), F(-5103, 18656)],
                 _DP5_B[:6]],
                _DP5_B,
-               b_low=[F(5179, 57600), 0, F(7571, 16695), F(393, 640), F(-92097, 339200), F(187, 2100), F(1, 40)],
+               # Shampine's (1986) embedded 4th-order weights, as torchdiffeq's dopri5 uses, so a drop-in call takes
+               # its steps. Dormand and Prince's own (Hairer's DOPRI5, SciPy's RK45) differ in the last three.
+               b_low=[F(1951, 21600), 0, F(22642, 50085), F(451, 720), F(-12231, 42400), F(649, 6300), F(1, 60)],
                error_order=5, fsal=True, dense=_dopri5_dense(), interpolation="polynomial", dense_order=4)
 
 # Tsitouras 5(4) (2011), FSAL, with the paper's 4th-order continuous extension.

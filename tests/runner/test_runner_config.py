@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 from runner_helpers import compose_config, toy_config
 
 from neuralode.config import ConfigError, config_dir, run_name, validate
-from neuralode.models.odeblock import RUNNER_MAX_NUM_STEPS, SolverSpec
+from neuralode.models.odeblock import RUNNER_CONTROLLER, RUNNER_MAX_NUM_STEPS, SolverSpec
 from neuralode.solvers import SOLVERS
 
 
@@ -70,9 +70,10 @@ def test_overrides_and_options():
 
 
 def test_the_runner_caps_adaptive_steps_and_the_options_override_it():
-    assert SolverSpec.from_config(toy_config().solver, 1e-3).options == {"max_num_steps": 10_000}
-    assert SolverSpec.from_config(toy_config("++solver.options.max_num_steps=7").solver, 1e-3).options == {
-        "max_num_steps": 7}
+    runner = {"max_num_steps": RUNNER_MAX_NUM_STEPS, "controller": RUNNER_CONTROLLER}
+    assert SolverSpec.from_config(toy_config().solver, 1e-3).options == runner
+    assert SolverSpec.from_config(toy_config("++solver.options.max_num_steps=7", "++solver.options.controller=integral")
+                                  .solver, 1e-3).options == {"max_num_steps": 7, "controller": "integral"}
     assert SolverSpec.from_config(toy_config("solver=rk4").solver, 1e-3).options == {}  # fixed steps: no cap
 
 
@@ -80,7 +81,8 @@ def test_adjoint_options_add_to_the_forward_options():
     cfg = toy_config("++solver.options.max_num_steps=50", "++solver.options.norm=seminorm",
                      "++solver.adjoint_options.norm=seminorm", "++solver.adjoint_options.first_step=0.1")
     spec = SolverSpec.from_config(cfg.solver, default_tol=cfg.task.default_tol)
-    assert spec.backward_options() == {"max_num_steps": 50, "norm": "seminorm", "first_step": 0.1}
+    assert spec.backward_options() == {"max_num_steps": 50, "controller": RUNNER_CONTROLLER, "norm": "seminorm",
+                                       "first_step": 0.1}
     assert SolverSpec(options={"max_num_steps": 50}).backward_options() is None  # odeint_adjoint inherits itself
 
 
@@ -101,9 +103,10 @@ def test_run_dir_is_named_by_the_overrides():
     ("trainer.figures_every=-1", "trainer.figures_every=-1 is invalid"),
     ("device=gpu", "device='gpu' is invalid"),
     ("+trainer.lr=0.1", "trainer.lr is not a known key"),
+    ("++solver.options.controller=PI", "solver.options['controller'] must be 'integral' or 'pi', got 'PI'"),
 ])
 def test_value_checks(override: str, message: str):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.").replace("[", r"\[")):
         validate(toy_config(override))
 
 

@@ -62,7 +62,7 @@ def test_tensor_tolerances_match_torchdiffeq(method, tols):
         ours = odeint(func, y0, T, rtol=rtol, atol=atol, method=method, stats=stats)
     ref, _ = _torchdiffeq_counted(func, y0, T, rtol=rtol, atol=atol, method=method)
     error, ref_error = (ours - exact).abs().max().item(), (ref - exact).abs().max().item()
-    assert error <= ref_error, (error, ref_error)
+    assert error <= ref_error * (1 + 1e-6), (error, ref_error)  # dopri5 takes torchdiffeq's steps: roundoff apart
     torch.testing.assert_close(ours, ref, rtol=0, atol=2 * ref_error)
     _assert_no_more_work_at_equal_error(func, y0, exact, error, stats.nfe_forward, rtol, atol, method)
 
@@ -266,10 +266,9 @@ def test_complex_state_matches_torchdiffeq_and_exact(method):
     if method == "rk4":
         torch.testing.assert_close(ys, ref, rtol=1e-12, atol=1e-12)  # the same steps: the same numbers
     else:
-        # Each complex element's error is measured on its real and imaginary halves, each against its own
-        # |part| (torchdiffeq: against |z|): stricter than torchdiffeq, so no less accurate, at more NFE for the
-        # same tolerance but no more for the same error.
-        assert error <= ref_error, (error, ref_error)
+        # A complex element's error is scaled by |z|, as in torchdiffeq: dopri5 takes its steps (equal errors up
+        # to roundoff); bosh3's and dopri8's dense outputs are more accurate.
+        assert error <= ref_error * (1 + 1e-6), (error, ref_error)
         _assert_no_more_work_at_equal_error(f, y0, exact, error, stats.nfe_forward, 1e-8, 1e-10, method)
 
 
