@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     model, images, labels, info = load_odenet(args.checkpoint, args.batches * args.batch_size, "cpu")
-    model.eval()  # the ODE-Net's GroupNorm has no batch statistics; eval only fixes dropout-free behaviour
+    model.eval()
     reference = copy.deepcopy(model).double()
     print(f"checkpoint {info['checkpoint']} (epoch {info['epoch']}), tol {args.tol}, reference: direct backprop "
           f"in float64 at {args.ref_tol}, {args.batches} batches of {args.batch_size}")

@@ -190,11 +190,14 @@ def sweep(lib: str, prob: Problem, method: str, knobs: range, cap: int, ours_opt
 
 def front_comparison(ours: list[Result], theirs: list[Result]) -> dict:
     """Both fronts at every error level either library reached inside both ranges: how many levels there are,
-    at how many ours needs more NFE, the geometric mean and the largest of ours' NFE over theirs."""
+    at how many ours needs more NFE, the geometric mean and the largest of ours' NFE over theirs. Ranges that do
+    not overlap: no level if ours is the more accurate throughout, every one of ours' if torchdiffeq is."""
     err_o = [r.err for r in ours if math.isfinite(r.err)]
     err_t = [r.err for r in theirs if math.isfinite(r.err)]
     if not err_o or not err_t:
         return {"levels": 0, "more": 0, "ratio_gmean": math.nan, "ratio_max": math.nan}
+    if max(err_t) < min(err_o):  # torchdiffeq more accurate at every tolerance: every level of ours' costs more
+        return {"levels": len(err_o), "more": len(err_o), "ratio_gmean": math.nan, "ratio_max": math.nan}
     lo, hi = max(min(err_o), min(err_t)), min(max(err_o), max(err_t))
     ratios = []
     for e in sorted(e for e in err_o + err_t if lo <= e <= hi):
@@ -352,8 +355,12 @@ def tables(rows: list[dict], fronts: list[dict], probs: dict[str, Problem]) -> s
                 "| method | problem | rtol swept | runs | identical runs | error levels | levels where ours needs more NFE "
                 "| ours / torchdiffeq NFE at equal error: geometric mean | max |", "|---|---|---|--:|--:|--:|--:|--:|--:|"]
         for f in fronts:
+            # No ratio: no common error level, every run of one library is more accurate than all of the other's.
+            ratios = ("- (ours more accurate at every tolerance) | -" if not f["levels"] else
+                      "- (torchdiffeq more accurate at every tolerance) | -" if math.isnan(f["ratio_gmean"]) else
+                      f"{f['ratio_gmean']:.3f} | {f['ratio_max']:.3f}")
             out.append(f"| {f['method']} | {f['problem']} | {f['first_rtol']:.2g} .. {f['last_rtol']:.2g} | {f['runs']} "
-                       f"| {f['identical']} | {f['levels']} | {f['more']} | {f['ratio_gmean']:.3f} | {f['ratio_max']:.3f} |")
+                       f"| {f['identical']} | {f['levels']} | {f['more']} | {ratios} |")
         out.append("")
     out.append("## summary: ours needs no more NFE than torchdiffeq at equal error")
     for method in dict.fromkeys(r["method"] for r in rows):
