@@ -11,9 +11,10 @@ it without touching the device again.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import torch
 
@@ -21,12 +22,11 @@ from neuralode.solvers.norms import Norm, Tolerance, error_scale
 
 
 @dataclass
-class IntegralController:
-    """torchdiffeq's rule: ``h_new = h * clamp(safety * r**(-1/k))`` with ``r`` the error ratio (accept r <= 1)
-    and ``k`` the order of the local error estimate. An accepted step never shrinks (its factor is clamped
-    to ``[1, ifactor]``), a rejected one shrinks by at most ``dfactor``; a non-finite error shrinks by
-    ``dfactor``. Steps run past the last output, which comes from the dense output, as in torchdiffeq.
-    """
+class StepController(ABC):
+    """What both controllers share: ``h_new = h * factor(r)`` with ``r`` the error ratio (accept r <= 1), an
+    accepted step's factor clamped to ``[accepted_floor, ifactor]``, a rejected step's to ``[dfactor, 1]``; a
+    zero error grows the step by ``ifactor``, a non-finite one (overflowing dynamics) shrinks it by ``dfactor``;
+    the result is kept within ``[min_step, max_step]``."""
 
     error_order: int
     safety: float = 0.9
@@ -34,7 +34,17 @@ class IntegralController:
     dfactor: float = 0.2
     min_step: float = 0.0
     max_step: float = math.inf
-    lands_on_last_output = False
+
+    @abstractmethod
+    def factor(self, ratio: float) -> float:
+        """The step's growth factor before clamping."""
+
+    @abstractmethod
+    def accepted_floor(self) -> float:
+        """The smallest factor of an accepted step."""
+
+    def record(self, ratio: float) -> None:
+        """Called with each accepted step's (finite) error ratio."""
 
     def next_step(self, h: float, ratio: float, accepted: bool) -> float:
         if not math.isfinite(ratio):
@@ -42,33 +52,43 @@ class IntegralController:
         elif ratio == 0.0:
             factor = self.ifactor
         else:
-            factor = self.safety * ratio ** (-1.0 / self.error_order)
-            factor = min(self.ifactor, max(1.0, factor)) if accepted else min(1.0, max(self.dfactor, factor))
+            factor = self.factor(ratio)
+            factor = (min(self.ifactor, max(self.accepted_floor(), factor)) if accepted
+                      else min(1.0, max(self.dfactor, factor)))
+        if accepted and math.isfinite(ratio):
+            self.record(ratio)
         return min(self.max_step, max(self.min_step, h * factor))
 
 
 @dataclass
-class PIController:
-    """``h_new = h * clamp(safety * r**-alpha * r_prev**beta)`` with ``r`` the error ratio (accept r <= 1).
+class IntegralController(StepController):
+    """torchdiffeq's rule: ``factor = safety * r**(-1/k)`` with ``k`` the order of the local error estimate,
+    and an accepted step never shrinks. Steps run past the last output, which comes from the dense output,
+    as in torchdiffeq."""
+
+    lands_on_last_output = False
+
+    def factor(self, ratio: float) -> float:
+        return self.safety * ratio ** (-1.0 / self.error_order)
+
+    def accepted_floor(self) -> float:
+        return 1.0
+
+
+@dataclass
+class PIController(StepController):
+    """``factor = safety * r**-alpha * r_prev**beta``, ``r_prev`` the last accepted step's error ratio.
 
     For an error estimate of local order ``k``: ``beta = 0.2 / k`` (Hairer's damping) and
     ``alpha = 1 / k + beta`` (0.24 and 0.04 for dopri5). The ``r_prev`` term damps the step-size
     oscillation of a pure integral controller. ``alpha - beta = 1 / k`` puts the steady state at the same
     error ratio as the integral controller ``safety * r**(-1/k)`` (``r = safety**k``, 0.59 for dopri5)
     rather than Hairer's ``alpha = 1/k - 0.75 beta`` (``r`` = 0.45), which spent ~25% more steps than
-    torchdiffeq for errors well below tolerance (docs/benchmarks.md): with these coefficients the ODE-Net
-    at tol 1e-3 takes torchdiffeq's step count with a smaller error. Accepted steps change by a factor
-    in ``[dfactor, ifactor]``; rejected steps never grow; a non-finite error (overflowing dynamics)
-    shrinks by ``dfactor``. The solve lands on the last output time (two equal steps rather than a step and
-    a sliver) instead of stepping past it.
+    torchdiffeq for errors well below tolerance (docs/benchmarks.md). An accepted step may shrink (down to
+    ``dfactor``). The solve lands on the last output time (two equal steps rather than a step and a sliver)
+    instead of stepping past it.
     """
 
-    error_order: int
-    safety: float = 0.9
-    ifactor: float = 10.0
-    dfactor: float = 0.2
-    min_step: float = 0.0
-    max_step: float = math.inf
     lands_on_last_output = True
 
     def __post_init__(self) -> None:
@@ -76,18 +96,15 @@ class PIController:
         self.alpha = 1.0 / self.error_order + self.beta
         self.prev_ratio = 1.0
 
-    def next_step(self, h: float, ratio: float, accepted: bool) -> float:
-        if not math.isfinite(ratio):
-            factor = self.dfactor
-        elif ratio == 0.0:
-            factor = self.ifactor
-        else:
-            factor = self.safety * ratio ** -self.alpha * self.prev_ratio ** self.beta
-            factor = min(self.ifactor, max(self.dfactor, factor)) if accepted else min(1.0, max(self.dfactor, factor))
-        if accepted and math.isfinite(ratio):
-            # Floor so that one exactly-resolved step does not make the next one explode.
-            self.prev_ratio = max(ratio, 1e-4)
-        return min(self.max_step, max(self.min_step, h * factor))
+    def factor(self, ratio: float) -> float:
+        return self.safety * ratio ** -self.alpha * self.prev_ratio ** self.beta
+
+    def accepted_floor(self) -> float:
+        return self.dfactor
+
+    def record(self, ratio: float) -> None:
+        # Floor so that one exactly-resolved step does not make the next one explode.
+        self.prev_ratio = max(ratio, 1e-4)
 
 
 def initial_step(f, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor, error_order: int,
@@ -111,12 +128,10 @@ def initial_step(f, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor, error_
     return torch.minimum(100 * h0, h1)
 
 
-Controller = Union[IntegralController, PIController]
-CONTROLLERS: dict[str, type[IntegralController] | type[PIController]] = {
-    "integral": IntegralController, "pi": PIController}
+CONTROLLERS: dict[str, type[StepController]] = {"integral": IntegralController, "pi": PIController}
 
 
-def make_controller(options: Mapping[str, Any], error_order: int) -> Controller:
+def make_controller(options: Mapping[str, Any], error_order: int) -> StepController:
     """The controller ``options['controller']`` names (default ``integral``) with the options' safety,
     ifactor, dfactor, min_step and max_step."""
     name = options.get("controller", "integral")

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torchdiffeq
+from solver_helpers import Counting
 from torch import nn
 
 from neuralode import SolveStats, odeint
@@ -40,15 +41,6 @@ PROBLEMS = {
 }
 
 
-def _counted(func):
-    calls = [0]
-
-    def f(t, y):
-        calls[0] += 1
-        return func(t, y)
-    return f, calls
-
-
 def _front(runs: list[tuple[int, float]], err: float) -> float:
     """The fewest NFE among ``runs`` (NFE, error) that reached ``err`` (roundoff slack); inf if none did."""
     return min((n for n, e in runs if e <= err * (1 + 1e-6) + 1e-13), default=math.inf)
@@ -68,12 +60,12 @@ def test_no_more_nfe_than_torchdiffeq_at_equal_error(method, problem):
             rtol = 10.0 ** (-j / 4)
             stats = SolveStats()
             ours = odeint(func, y0, t, rtol=rtol, atol=rtol / 100, method=method, stats=stats)
-            f, calls = _counted(func)
-            theirs = torchdiffeq.odeint(f, y0, t, rtol=rtol, atol=rtol / 100, method=method)
+            counting = Counting(func)
+            theirs = torchdiffeq.odeint(counting, y0, t, rtol=rtol, atol=rtol / 100, method=method)
             ours_runs.append((stats.nfe_forward, (ours - exact).abs().max().item()))
-            their_runs.append((calls[0], (theirs - exact).abs().max().item()))
+            their_runs.append((counting.calls, (theirs - exact).abs().max().item()))
             if method in SAME_STEPS:  # the very same steps and outputs
-                assert stats.nfe_forward == calls[0], (rtol, stats.nfe_forward, calls[0])
+                assert stats.nfe_forward == counting.calls, (rtol, stats.nfe_forward, counting.calls)
                 torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-12)
     errors = [e for _, e in ours_runs + their_runs]
     lo = max(min(e for _, e in ours_runs), min(e for _, e in their_runs))
