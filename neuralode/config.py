@@ -266,7 +266,8 @@ def validate(cfg: DictConfig) -> None:
     for group in ("task", "model", "data"):
         _check_group(cfg, group)
     task_profile = config_dir() / "task_profile" / f"{cfg.task.name}_{cfg.profile.name}.yaml"
-    if _shipped_group("task", str(cfg.task.name)) is not None and not task_profile.is_file():
+    shipped_task = (config_dir() / "task" / f"{cfg.task.name}.yaml").is_file()  # a plug-in task sizes itself
+    if shipped_task and not task_profile.is_file():
         sized = sorted(p.stem.split("_")[-1] for p in task_profile.parent.glob(f"{cfg.task.name}_*.yaml")
                        if p.stem.rsplit("_", 1)[0] == cfg.task.name)
         raise ConfigError(f"profile={cfg.profile.name} has no sizes for task={cfg.task.name}; "
