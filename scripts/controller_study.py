@@ -20,8 +20,7 @@ from torch import nn
 
 from neuralode.models.odeblock import collect_solve_stats, reset_solve_stats
 from neuralode.report.figure3 import load_odenet, ode_blocks
-
-CONTROLLERS = ("integral", "pi")
+from neuralode.solvers.controller import CONTROLLERS
 
 
 def configure(model: nn.Module, tol: float, adjoint: bool, controller: str) -> None:
@@ -49,13 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     model, images, labels, info = load_odenet(args.checkpoint, args.batches * args.batch_size, "cpu")
     model.eval()
     reference = copy.deepcopy(model).double()
+    configure(reference, args.ref_tol, adjoint=False, controller="integral")
     print(f"checkpoint {info['checkpoint']} (epoch {info['epoch']}), tol {args.tol}, reference: direct backprop "
           f"in float64 at {args.ref_tol}, {args.batches} batches of {args.batch_size}")
     rows: dict[str, list[tuple[int, int, float]]] = {c: [] for c in CONTROLLERS}
     for b in range(args.batches):
         x = images[b * args.batch_size:(b + 1) * args.batch_size]
         y = labels[b * args.batch_size:(b + 1) * args.batch_size]
-        configure(reference, args.ref_tol, adjoint=False, controller="integral")
         g_ref = gradient(reference, x.double(), y)
         for controller in CONTROLLERS:
             configure(model, args.tol, adjoint=True, controller=controller)

@@ -42,6 +42,7 @@ from torch import nn
 from torchdiffeq._impl.odeint import SOLVERS as TD_SOLVERS
 
 import neuralode
+from neuralode.solvers.controller import CONTROLLERS
 
 DTYPE = torch.float64
 SLACK = 1.001  # torchdiffeq "reaches" ours' error at err_theirs <= SLACK * err_ours (same steps differ by roundoff)
@@ -389,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a coarser tolerance grid, fewer step sizes (< 1 min)")
     p.add_argument("--json", action="store_true", help="print one JSON object per row and per front comparison")
-    p.add_argument("--controller", choices=("integral", "pi"), default="integral",
+    p.add_argument("--controller", choices=list(CONTROLLERS), default="integral",
                    help="ours' options['controller'] for the adaptive methods (default: the API's default)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of: {', '.join(METHODS)}")
     p.add_argument("--problems", default="decay,lotka,mlp", help="comma-separated subset of: decay, lotka, mlp")

@@ -185,6 +185,8 @@ class AdaptiveRK:
         # Output times for _interpolate: relative to the step start in the state's dtype when time is wider.
         out_times = ((lambda ts, t0: (state_time(ts - t0), 0.0)) if t.dtype != y0.dtype else (lambda ts, t0: (ts, t0)))
         stops, stop_is_jump, stops_dev = _stop_times(options, t_host[0], time_sign, t)
+        # The integral controller steps past the last output (torchdiffeq's steps); stops and events land.
+        may_overshoot = not (land or ctrl.lands_on_last_output or event is not None)
         next_stop = 0
         on_step, on_accept, on_reject = (callbacks.step, callbacks.accept, callbacks.reject) if callbacks else (None,) * 3
 
@@ -218,8 +220,7 @@ class AdaptiveRK:
                     f"[{user_t(t_host[0]):.6g}, {user_t(t_host[-1]):.6g}]; loosen rtol/atol, raise "
                     "options['max_num_steps'], or use a fixed-step method (e.g. method='rk4', "
                     "options=dict(step_size=...))")
-            # The integral controller steps past the last output (torchdiffeq's steps); stops and events land.
-            overshoot = not (land or on_stop or ctrl.lands_on_last_output or event is not None)
+            overshoot = may_overshoot and not on_stop
             # Stretch by up to 1% rather than leave a sliver of a step (as Hairer's codes do).
             lands = 1.01 * h >= remaining and not overshoot
             if lands:
