@@ -85,6 +85,7 @@ class EvalConfig:
     data: Dict[str, Any] = field(default_factory=dict)  # patches the checkpoint's data config (e.g. data.root)
     device: str = "auto"
     output: Optional[str] = None                     # append the result as one JSON line to this file
+    task_module: Optional[str] = None                # a plug-in task's module (never taken from the checkpoint)
 
 
 # Runner names for a method with fixed options, beside one per SOLVERS entry. lsoda is the solver family of

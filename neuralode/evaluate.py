@@ -19,23 +19,26 @@ from omegaconf import DictConfig, OmegaConf
 from neuralode.config import validate_device, validate_solver
 from neuralode.models.odeblock import SolverSpec
 from neuralode.tasks import Task
-from neuralode.utils.checkpoint import checkpoint_path, load_checkpoint
+from neuralode.utils.checkpoint import checkpoint_config, checkpoint_path, load_checkpoint, restore_part
 from neuralode.utils.runtime import build_task_from_config, measure_evaluation, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
 
 def evaluate_checkpoint(checkpoint: str | Path, solver: Mapping[str, Any] | None = None,
-                        data: Mapping[str, Any] | None = None, device: str = "auto") -> dict[str, Any]:
+                        data: Mapping[str, Any] | None = None, device: str = "auto",
+                        task_module: str | None = None) -> dict[str, Any]:
     """Rebuild the task of a checkpoint with solver changes, load its weights and evaluate it.
 
     ``checkpoint``: a run dir or a ``.pt`` file. ``solver``: keys of the solver config to change
     (``method``, ``tol``, ``rtol``, ``atol``, ``adjoint``, ``options``, ``adjoint_options``); None values
     keep the checkpoint's, options are added to the checkpoint's unless ``method`` changes (options of
     one method may mean nothing to another). ``data``: keys of the data config to change (e.g. ``root``).
-    Returns the resolved solver, the task's metrics, ``nfe_eval`` and ``eval_time_s``.
+    ``task_module``: the module of a plug-in task, which must be the one the checkpoint was trained with (the
+    checkpoint's own word is never enough to import a module). Returns the resolved solver, the task's
+    metrics, ``nfe_eval`` and ``eval_time_s``.
     """
-    task, ckpt, cfg = restore_task(checkpoint, solver, data, device)
+    task, ckpt, cfg = restore_task(checkpoint, solver, data, device, task_module=task_module)
     spec = SolverSpec.from_config(cfg.solver, default_tol=cfg.task.default_tol)
     metrics = measure_evaluation(task, resolve_device(device))
     return {
@@ -54,15 +57,16 @@ def evaluate_checkpoint(checkpoint: str | Path, solver: Mapping[str, Any] | None
 
 def restore_task(checkpoint: str | Path, solver: Mapping[str, Any] | None = None,
                  data: Mapping[str, Any] | None = None, device: str = "auto",
-                 task_name: str | None = None) -> tuple[Task, dict[str, Any], DictConfig]:
+                 task_name: str | None = None, task_module: str | None = None) -> tuple[Task, dict[str, Any], DictConfig]:
     """The task of a checkpoint (a run dir or ``.pt``) rebuilt with its trained weights: ``(task, checkpoint,
-    config)``. ``solver`` and ``data`` change keys of those configs as in :func:`evaluate_checkpoint`;
-    ``task_name`` refuses, before any data loads, a checkpoint of another task."""
+    config)``. ``solver``, ``data`` and ``task_module`` as in :func:`evaluate_checkpoint`; ``task_name``
+    refuses, before any data loads, a checkpoint of another task."""
     solver = {k: v for k, v in (solver or {}).items() if v is not None}
     validate_solver(solver)
     validate_device(device)
-    ckpt = load_checkpoint(checkpoint_path(checkpoint))
-    cfg = OmegaConf.create(ckpt["config"])
+    path = checkpoint_path(checkpoint)
+    ckpt = load_checkpoint(path)
+    cfg = checkpoint_config(ckpt, path, task_module)  # before anything is built from it
     if task_name is not None and cfg.task.name != task_name:
         raise ValueError(f"{checkpoint} is a task={cfg.task.name} checkpoint; this needs task={task_name}")
     cfg.solver = _patched_solver(cfg.solver, solver)
@@ -70,7 +74,7 @@ def restore_task(checkpoint: str | Path, solver: Mapping[str, Any] | None = None
         cfg.data = OmegaConf.merge(cfg.data, dict(data))
     seed_everything(cfg.seed)  # the same subsets/augmentations as at training time, whatever the solver
     task = build_task_from_config(cfg, resolve_device(device))
-    task.model.load_state_dict(ckpt["model"])
+    restore_part(path, "model weights", lambda: task.model.load_state_dict(ckpt["model"]))
     return task, ckpt, cfg
 
 
@@ -97,7 +101,7 @@ def format_result(result: Mapping[str, Any]) -> str:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """``neuralode eval``: evaluate ``cfg.checkpoint``, print one line, optionally append it to ``cfg.output``."""
     result = evaluate_checkpoint(cfg.checkpoint, OmegaConf.to_container(cfg.solver, resolve=True),
-                                 OmegaConf.to_container(cfg.data, resolve=True), cfg.device)
+                                 OmegaConf.to_container(cfg.data, resolve=True), cfg.device, cfg.task_module)
     log.info(format_result(result))
     if cfg.output:
         out = Path(cfg.output)

@@ -8,8 +8,9 @@ Run dir layout::
     figures/                 the task's figures
 
 Resume: when ``checkpoints/last.pt`` exists (and ``trainer.resume`` is true) training continues after the
-checkpoint's epoch with its RNG states, so the metrics equal those of an uninterrupted run; metrics.jsonl
-lines of epochs the checkpoint does not contain (a kill between the two writes) are dropped.
+checkpoint's epoch with its RNG states, so the metrics equal those of an uninterrupted run. The checkpoint
+also holds every epoch's record, and a resume makes metrics.jsonl match them: lines of epochs it does not
+contain (a kill between the two writes) are dropped, damaged ones restored (and kept aside).
 """
 from __future__ import annotations
 
@@ -30,10 +31,19 @@ from neuralode.config import ConfigError, validate
 from neuralode.models.odeblock import collect_solve_stats, reset_solve_stats
 from neuralode.solvers import MaxNumStepsError, NonFiniteError
 from neuralode.tasks import Task
-from neuralode.utils.checkpoint import CheckpointError, get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from neuralode.utils.checkpoint import (
+    CheckpointError,
+    checkpoint_config,
+    get_rng_state,
+    load_checkpoint,
+    restore_part,
+    save_checkpoint,
+    set_rng_state,
+)
 from neuralode.utils.interrupt import StopSignals
 from neuralode.utils.memory import PeakMemory
 from neuralode.utils.metrics import MetricsFile, TensorBoardLog
+from neuralode.utils.records import MetricsError
 from neuralode.utils.rundir import RunDirLock
 from neuralode.utils.runtime import (
     build_task_from_config,
@@ -54,57 +64,46 @@ _RESUME_FREE = {"device", "trainer", "profile", "data.root", "data.download", "d
 _ADDED_KEYS: dict[str, Any] = {"task.lr_cycles": 1}
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def train(cfg: DictConfig, run_dir: Path, on_accepted: Callable[[], None] | None = None) -> dict[str, Any]:
     """Train ``cfg.task`` into ``run_dir`` (resuming when it holds a checkpoint); return the last epoch's metrics.
 
     SIGINT/SIGTERM stop it at the next safe point with :class:`~neuralode.utils.interrupt.Interrupted`; a second
-    process training into the same run dir is refused.
+    process training into the same run dir is refused. ``on_accepted`` runs once every check has passed (lock
+    held, checkpoint fits, task built) and before the run dir is first written to, so that what it records (the
+    CLI's copy of the config) is never changed by a refused command.
     """
     validate(cfg)
     with RunDirLock(Path(run_dir)), StopSignals() as stop:
-        return _train(cfg, Path(run_dir), stop)
+        return _train(cfg, Path(run_dir), stop, on_accepted or (lambda: None))
 
 
-def _train(cfg: DictConfig, run_dir: Path, stop: StopSignals) -> dict[str, Any]:
+def _train(cfg: DictConfig, run_dir: Path, stop: StopSignals, on_accepted: Callable[[], None]) -> dict[str, Any]:
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     device = resolve_device(cfg.device)
     config = OmegaConf.to_container(cfg, resolve=True)
     ckpt_path = run_dir / "checkpoints" / "last.pt"
     metrics_file = MetricsFile(run_dir / "metrics.jsonl")
-    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(ckpt_path.parent, os.W_OK):  # found now, not after an epoch of training
-        raise PermissionError(f"{ckpt_path.parent} is not writable, so no checkpoint could be saved; "
-                              "make it writable or train into another hydra.run.dir")
+    _check_writable(ckpt_path)
+    ckpt = _resumable_checkpoint(cfg, config, ckpt_path) if cfg.trainer.resume and ckpt_path.exists() else None
 
     seed_everything(cfg.seed)
     task = build_task_from_config(cfg, device)
     optimizer, scheduler = task.configure_optimizers()
-    done = 0
-    if cfg.trainer.resume and ckpt_path.exists():
-        try:
-            ckpt = load_checkpoint(ckpt_path)
-        except CheckpointError as e:
-            raise CheckpointError(f"{run_dir} cannot resume: {e}; move it away to start over "
-                                  "(or trainer.resume=false), or use another hydra.run.dir") from None
-        _check_same_run(ckpt["config"], config, run_dir)
-        task.model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scheduler is not None and ckpt.get("scheduler") is not None:
-            scheduler.load_state_dict(ckpt["scheduler"])
-            _lr_from_schedule(optimizer, scheduler)
-        set_rng_state(ckpt["rng"])
-        done = ckpt["epoch"]
-        metrics_file.truncate(done)
+    done = ckpt["epoch"] if ckpt is not None else 0
+    history: list[dict[str, Any]] = []
+    if ckpt is not None:
+        _restore(ckpt, ckpt_path, task, optimizer, scheduler)
+        history = _restored_metrics(metrics_file, ckpt, run_dir)
+    on_accepted()
+    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+    if done:
         log.info(f"resuming {run_dir} after epoch {done}")
-    # A fresh start (trainer.resume=false) over an older run replaces its metrics only with the first new epoch:
-    # a start that fails before that leaves the older run whole.
-    replace_metrics = done == 0
 
     epochs = cfg.trainer.epochs
     per_step = getattr(task, "lr_interval", "epoch") == "step"
     tb = TensorBoardLog(run_dir, first_epoch=done + 1)
-    record: dict[str, Any] = (metrics_file.records() or [{}])[-1] if done else {}
+    record: dict[str, Any] = history[-1] if history else {}
     try:
         for epoch in range(done + 1, epochs + 1):
             try:
@@ -114,12 +113,14 @@ def _train(cfg: DictConfig, run_dir: Path, stop: StopSignals) -> dict[str, Any]:
                                                        + _resume_hint(ckpt_path, epoch - 1)))
             except (MaxNumStepsError, NonFiniteError) as e:
                 raise TrainingError(_failure_message(e, cfg, epoch, epochs, epoch - 1, ckpt_path)) from e
-            if replace_metrics:
+            history.append(record)
+            # The metrics line goes first: a kill before the checkpoint lands leaves a line the checkpoint lacks,
+            # which a resume replaces with the checkpoint's history (a fresh start's first line included).
+            if epoch == 1:
+                _unless_it_keeps_its_metrics(ckpt_path)
                 metrics_file.replace([record])
-                replace_metrics = False
             else:
                 metrics_file.append(record)
-            tb.scalars(record, epoch)
             if scheduler is not None and not per_step:
                 scheduler.step()
             save_checkpoint(ckpt_path, {
@@ -130,10 +131,12 @@ def _train(cfg: DictConfig, run_dir: Path, stop: StopSignals) -> dict[str, Any]:
                 "config": config,
                 "rng": get_rng_state(),
                 "metrics": record,
+                "history": history,
             })
+            tb.scalars(record, epoch)
             log.info(_summary(record, epochs))
-            if epoch < epochs:
-                stop.check(f"after epoch {epoch}/{epochs}; " + _resume_hint(ckpt_path, epoch))
+            stop.check(f"after epoch {epoch}/{epochs}; " + (_resume_hint(ckpt_path, epoch) if epoch < epochs else
+                       f"{ckpt_path} keeps it, and the same command writes the figures"))
             if cfg.trainer.figures_every and epoch % cfg.trainer.figures_every == 0 and epoch < epochs:
                 _save_figures(task, run_dir)
         if done >= epochs:
@@ -141,10 +144,70 @@ def _train(cfg: DictConfig, run_dir: Path, stop: StopSignals) -> dict[str, Any]:
         paths = _save_figures(task, run_dir)
         if done < epochs:
             tb.hparams(config, record)
+        stop.check("after the run finished; nothing is lost")  # a stop asked during the figures ends a sweep too
     finally:
         tb.close()
     log.info(f"run dir: {run_dir}  ({len(paths)} figures)")
     return record
+
+
+def _check_writable(ckpt_path: Path) -> None:
+    """Found now, not after an epoch of training: a checkpoint that could not be saved, or not replaced."""
+    if ckpt_path.exists() and not ckpt_path.is_file():
+        raise CheckpointError(f"{ckpt_path} is not a file, so no checkpoint can be saved there; move it away, "
+                              "or train into another hydra.run.dir")
+    folder = ckpt_path.parent if ckpt_path.parent.is_dir() else ckpt_path.parent.parent
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"{folder} is not writable, so no checkpoint could be saved; "
+                              "make it writable or train into another hydra.run.dir")
+
+
+def _resumable_checkpoint(cfg: DictConfig, config: dict[str, Any], ckpt_path: Path) -> dict[str, Any]:
+    """The run dir's checkpoint, checked before anything is built: readable, of this experiment, and naming no
+    code but the command's own task module."""
+    run_dir = ckpt_path.parent.parent
+    try:
+        ckpt = load_checkpoint(ckpt_path)
+        checkpoint_config(ckpt, ckpt_path, cfg.task.get("module"))
+    except CheckpointError as e:
+        raise CheckpointError(f"{run_dir} cannot resume: {e}; move it away to start over "
+                              "(or trainer.resume=false), or use another hydra.run.dir") from None
+    _check_same_run(ckpt["config"], config, run_dir)
+    return ckpt
+
+
+def _restore(ckpt: dict[str, Any], ckpt_path: Path, task: Task, optimizer: torch.optim.Optimizer,
+             scheduler: torch.optim.lr_scheduler.LRScheduler | None) -> None:
+    """Load the checkpoint's weights, optimiser, schedule and RNG states into the freshly built run."""
+    restore_part(ckpt_path, "model weights", lambda: task.model.load_state_dict(ckpt["model"]))
+    restore_part(ckpt_path, "optimizer state", lambda: optimizer.load_state_dict(ckpt["optimizer"]))
+    if scheduler is not None and ckpt.get("scheduler") is not None:
+        restore_part(ckpt_path, "lr schedule", lambda: scheduler.load_state_dict(ckpt["scheduler"]))
+        _lr_from_schedule(optimizer, scheduler)
+    restore_part(ckpt_path, "RNG state", lambda: set_rng_state(ckpt["rng"]))
+
+
+def _restored_metrics(metrics_file: MetricsFile, ckpt: dict[str, Any], run_dir: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl made to hold exactly the checkpoint's epochs; returns their records."""
+    try:
+        return metrics_file.restore(ckpt["epoch"], ckpt.get("history"))
+    except MetricsError as e:
+        raise MetricsError(f"{run_dir} cannot resume: {e}; put the missing lines back, or start over with "
+                           "trainer.resume=false") from None
+
+
+def _unless_it_keeps_its_metrics(ckpt_path: Path) -> None:
+    """A fresh start replaces an older run's metrics with its first epoch's line, before its own checkpoint
+    lands: a resume after a kill in between restores the older run from that checkpoint's history. An older
+    checkpoint without one could not, so it is removed now (with it, the older run is over either way)."""
+    if not ckpt_path.is_file():
+        return
+    try:
+        keeps = "history" in load_checkpoint(ckpt_path)
+    except CheckpointError:
+        keeps = False
+    if not keeps:
+        ckpt_path.unlink()
 
 
 class TrainingError(ValueError):

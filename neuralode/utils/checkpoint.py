@@ -1,13 +1,25 @@
-"""Atomic checkpoint files and the RNG state that makes a resumed run continue exactly where it stopped."""
+"""Atomic checkpoint files, the RNG state that makes a resumed run continue exactly where it stopped, and the
+checks every reader of a checkpoint goes through.
+
+A checkpoint may come from anywhere (a copied run folder, a download), so readers take nothing from it on
+trust: :func:`load_checkpoint` unpickles tensors and plain containers only and checks the contents' types;
+:func:`checkpoint_config` checks the saved config against the schema and never lets it name code to import
+(the plug-in ``task.module`` is taken from the caller, i.e. the command line); :func:`restore_part` turns a
+part that does not fit (another model's weights, a bad RNG state) into one :class:`CheckpointError` line.
+"""
 from __future__ import annotations
 
 import collections
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from neuralode.config import Config, ConfigError, validate
 from neuralode.utils.files import write_atomic
 
 try:
@@ -73,4 +85,69 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
                               f"or its checkpoints/{CHECKPOINT_NAME}") from e
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in _REQUIRED_KEYS):
         raise CheckpointError(f"{path} is not a neuralode checkpoint (expected the keys {', '.join(_REQUIRED_KEYS)})")
+    problem = _contents_problem(ckpt)
+    if problem:
+        raise CheckpointError(f"checkpoint {path} is damaged or altered: {problem}; pass a run dir or "
+                              f"checkpoints/{CHECKPOINT_NAME} written by neuralode train")
     return ckpt
+
+
+def _contents_problem(ckpt: dict[str, Any]) -> str | None:
+    """What is wrong with the types of a checkpoint's entries (None: nothing), before anything uses them."""
+    epoch = ckpt["epoch"]
+    if type(epoch) is not int or epoch < 1:
+        return f"its epoch is {epoch!r}, not a whole number >= 1"
+    model = ckpt["model"]
+    if not isinstance(model, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
+        return "its model entry is not a dict of named tensors"
+    config = ckpt["config"]
+    if not isinstance(config, dict) or not isinstance(config.get("task"), dict) \
+            or not isinstance(config["task"].get("name"), str):
+        return "its config is not a dict with task.name"
+    for key in ("optimizer", "rng", "metrics"):
+        if key in ckpt and not isinstance(ckpt[key], dict):
+            return f"its {key} entry is not a dict"
+    if ckpt.get("scheduler") is not None and not isinstance(ckpt["scheduler"], dict):
+        return "its scheduler entry is not a dict"
+    history = ckpt.get("history")
+    if history is not None and (not isinstance(history, list)
+                                or [r.get("epoch") if isinstance(r, dict) else None for r in history]
+                                != list(range(1, epoch + 1))):
+        return f"its metrics history is not one record per epoch 1..{epoch}"
+    return None
+
+
+def checkpoint_config(ckpt: dict[str, Any], path: Path, task_module: str | None = None) -> DictConfig:
+    """The config a checkpoint was trained with, checked against the schema like a command line's.
+
+    Code is never selected by a file: a plug-in task's ``task.module`` must be ``task_module``, which the caller
+    takes from the command line (``neuralode eval task_module=...``); shipped tasks come from the registry.
+    """
+    saved_module = ckpt["config"]["task"].get("module")
+    if saved_module != task_module:
+        if saved_module is None:
+            raise CheckpointError(f"{path} is a checkpoint of the shipped task {ckpt['config']['task']['name']!r}, "
+                                  f"not of the plug-in module {task_module!r}; leave the task module out")
+        raise CheckpointError(f"{path} names the plug-in task module {saved_module!r}, and no module is imported on "
+                              "a file's word; if you trust that module, name it yourself: task_module=<module>")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), ckpt["config"])
+        validate(cfg)
+    except (OmegaConfBaseException, ConfigError) as e:
+        reason = getattr(e, "msg", None) or str(e)
+        key = getattr(e, "full_key", None)
+        reason = f"{key}: {reason}" if key and not reason.startswith(key) else reason
+        raise CheckpointError(f"checkpoint {path} holds an invalid config ({reason.splitlines()[0]}); "
+                              f"pass a run dir or checkpoints/{CHECKPOINT_NAME} written by neuralode train") from None
+    return OmegaConf.create(OmegaConf.to_container(cfg))  # untyped, so callers may patch whole nodes (eval's solver)
+
+
+def restore_part(path: Path, part: str, restore: Callable[[], Any]) -> None:
+    """Apply one part of a checkpoint (``restore()``); when it does not fit, say so in one line naming the part."""
+    try:
+        restore()
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as e:
+        reason = str(e).strip().splitlines()[0].rstrip(".:") if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} does not fit this run: its {part} cannot be restored ({reason}); "
+                              "use a checkpoint written by this task and model, or start over in another run dir") \
+            from e

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -12,6 +13,9 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 from neuralode.utils.files import read_jsonl, write_text_atomic
+from neuralode.utils.records import MetricsError, read_epoch_records
+
+log = logging.getLogger(__name__)
 
 # metrics.jsonl key -> TensorBoard tag; other keys follow _tag()'s rule.
 TAGS = {
@@ -39,7 +43,7 @@ def _tag(key: str) -> str:
 
 
 class MetricsFile:
-    """``metrics.jsonl``: appended once per epoch, cut back to a checkpoint's epoch on resume."""
+    """``metrics.jsonl``: appended once per epoch, made to match the checkpoint's epochs on resume."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -47,9 +51,35 @@ class MetricsFile:
     def records(self) -> list[dict[str, Any]]:
         return read_jsonl(self.path)
 
-    def truncate(self, last_epoch: int) -> None:
-        """Keep only the records of epochs up to ``last_epoch`` (those the checkpoint contains)."""
-        self.replace([r for r in self.records() if isinstance(r.get("epoch"), int) and r["epoch"] <= last_epoch])
+    def restore(self, last_epoch: int, history: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+        """Make the file hold exactly the records of epochs 1..``last_epoch`` (those a checkpoint holds).
+
+        ``history``, the checkpoint's own records of those epochs, wins over the file, whose lines may be
+        damaged or belong to a fresh start that never got its checkpoint. Without it (checkpoints written before
+        it was kept) the file must hold every epoch, else :class:`MetricsError` names those it lacks and nothing
+        changes. Lines that are not records are kept aside in ``metrics.jsonl.damaged``, with a warning. Returns
+        the records the file now holds.
+        """
+        found = read_epoch_records(self.path)
+        if history is None:
+            missing = found.missing(last_epoch)
+            if missing:
+                damaged = f" (damaged lines: {', '.join(map(str, found.damaged))})" if found.damaged else ""
+                raise MetricsError(f"{self.path} lacks the records of epochs {', '.join(map(str, missing))} of the "
+                                   f"{last_epoch} the checkpoint holds{damaged}")
+            history = sorted((r for r in found.records if r["epoch"] <= last_epoch), key=lambda r: r["epoch"])
+        text = self.path.read_bytes().decode(errors="replace") if self.path.is_file() else ""
+        if found.damaged:
+            aside = self.path.with_name(self.path.name + ".damaged")
+            lines = text.splitlines()
+            with open(aside, "a") as f:
+                f.write("".join(lines[n - 1] + "\n" for n in found.damaged))
+            log.warning(f"{self.path}: lines {', '.join(map(str, found.damaged))} were damaged; kept aside in {aside}; "
+                        f"the file keeps the records of epochs 1-{last_epoch}")
+        restored = "".join(json_line(r) for r in history)
+        if text != restored:
+            write_text_atomic(self.path, restored)
+        return history
 
     def append(self, record: Mapping[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,8 +103,17 @@ class TensorBoardLog:
     """Scalars per epoch plus one hparams entry (flattened config with the final metrics) in the run dir."""
 
     def __init__(self, run_dir: Path, first_epoch: int) -> None:
-        # purge_step hides events of epochs a killed run logged after its last checkpoint.
-        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=first_epoch)
+        self.run_dir, self.first_epoch = run_dir, first_epoch
+        self._writer: SummaryWriter | None = None
+
+    @property
+    def writer(self) -> SummaryWriter:
+        """Opened with the first values to log, after their epoch's checkpoint: purge_step hides the events of
+        epochs from first_epoch on, so an earlier start would hide an older run's curves even if it stopped
+        before replacing that run."""
+        if self._writer is None:
+            self._writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=self.first_epoch)
+        return self._writer
 
     def scalars(self, record: Mapping[str, Any], epoch: int) -> None:
         for key, value in record.items():
@@ -90,7 +129,8 @@ class TensorBoardLog:
         self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self._writer is not None:
+            self._writer.close()
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

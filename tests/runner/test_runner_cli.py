@@ -91,7 +91,7 @@ def test_train_then_eval(tmp_path: Path):
     assert (run_dir / "checkpoints" / "last.pt").is_file() and run_dir.as_posix() in train.stdout
 
     result = cli("eval", f"checkpoint={run_dir.relative_to(tmp_path)}", "solver.options.step_size=0.125",
-                 "output=sweep.jsonl", cwd=tmp_path)
+                 "output=sweep.jsonl", "task_module=toy_task", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "test_rmse" in result.stdout and "nfe 32.0" in result.stdout  # rk4: 4 evaluations x 8 steps
     row = json.loads((tmp_path / "sweep.jsonl").read_text())
@@ -131,7 +131,8 @@ def test_file_system_errors_are_one_line(monkeypatch, capsys, tmp_path: Path):
     run_dir = tmp_path / "run"
     train(toy_config("trainer.epochs=1"), run_dir)
     (tmp_path / "folder").mkdir()
-    code, err = run_main(monkeypatch, capsys, tmp_path, "eval", f"checkpoint={run_dir}", "output=folder")
+    code, err = run_main(monkeypatch, capsys, tmp_path, "eval", f"checkpoint={run_dir}", "output=folder",
+                         "task_module=toy_task")
     assert_one_line_error(code, err, "neuralode eval", "Is a directory")
 
 
@@ -157,7 +158,8 @@ def test_sixteen_overrides_make_a_valid_run_dir(monkeypatch, capsys, tmp_path: P
 def test_an_eval_sweep_goes_on_past_a_bad_job(tmp_path: Path):
     run_dir = tmp_path / "run"
     train(toy_config("trainer.epochs=1"), run_dir)
-    result = cli("eval", "-m", f"checkpoint={run_dir}", "solver.tol=1e-1,-1,1e-2", "output=sweep.jsonl", cwd=tmp_path)
+    result = cli("eval", "-m", f"checkpoint={run_dir}", "solver.tol=1e-1,-1,1e-2", "output=sweep.jsonl",
+                 "task_module=toy_task", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("neuralode eval: error: solver.tol=-1.0 is invalid")
     rows = [json.loads(line) for line in (tmp_path / "sweep.jsonl").read_text().splitlines()]

@@ -16,7 +16,7 @@ def trained(train_toy):
 
 def test_unchanged_solver_reproduces_the_training_metrics(trained):
     run_dir, last = trained
-    result = evaluate_checkpoint(run_dir)
+    result = evaluate_checkpoint(run_dir, task_module="toy_task")
     assert result["test_rmse"] == pytest.approx(last["test_rmse"], rel=1e-6)
     assert result["nfe_eval"] == last["nfe_eval"] == 16  # rk4: 4 evaluations x 4 steps per forward pass
     assert (result["method"], result["options"], result["epoch"]) == ("rk4", {"step_size": 0.25}, 1)
@@ -26,13 +26,13 @@ def test_unchanged_solver_reproduces_the_training_metrics(trained):
 
 def test_solver_changes(trained):
     run_dir, _ = trained
-    finer = evaluate_checkpoint(run_dir, {"options": {"step_size": 0.125}})
+    finer = evaluate_checkpoint(run_dir, {"options": {"step_size": 0.125}}, task_module="toy_task")
     assert finer["nfe_eval"] == 32 and finer["options"] == {"step_size": 0.125}
-    adaptive = evaluate_checkpoint(run_dir, {"method": "dopri5", "tol": 1e-6, "atol": 1e-8})
+    adaptive = evaluate_checkpoint(run_dir, {"method": "dopri5", "tol": 1e-6, "atol": 1e-8}, task_module="toy_task")
     # rk4's step_size dropped; the runner's step cap and controller added for the adaptive method
     assert (adaptive["rtol"], adaptive["atol"], adaptive["options"]) == (1e-6, 1e-8, {"max_num_steps": 10_000,
                                                                                       "controller": "pi"})
-    loose = evaluate_checkpoint(run_dir, {"method": "dopri5", "tol": 1e-1})
+    loose = evaluate_checkpoint(run_dir, {"method": "dopri5", "tol": 1e-1}, task_module="toy_task")
     assert loose["nfe_eval"] < adaptive["nfe_eval"]
 
 

@@ -89,6 +89,7 @@ def test_an_unwritable_checkpoint_folder_is_found_before_training(tmp_path, monk
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda path, mode: False if str(path).endswith("checkpoints") else
                         real_access(path, mode))
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     with pytest.raises(PermissionError, match=r"checkpoints is not writable, so no checkpoint could be saved"):
         train(toy_config("trainer.epochs=1"), tmp_path / "run")
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
@@ -119,4 +120,4 @@ def test_a_stop_before_the_first_epoch_says_the_command_starts_over(tmp_path):
 
     with pytest.raises(Interrupted, match=r"during epoch 1/1, which is dropped; no epoch was completed, so the "
                                           r"same command starts over"):
-        trainer._train(toy_config("trainer.epochs=1"), tmp_path / "run", StopAtOnce())
+        trainer._train(toy_config("trainer.epochs=1"), tmp_path / "run", StopAtOnce(), lambda: None)
