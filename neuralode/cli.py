@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -49,36 +48,45 @@ def _train_app(cfg: DictConfig) -> None:
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    if hydra_cfg.mode != RunMode.MULTIRUN and not str(hydra_cfg.run.dir).strip():
+        _fail("neuralode train", "hydra.run.dir is empty, which would train into the current directory; "
+                                 "name a folder, e.g. hydra.run.dir=outputs/my_run")
     try:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             # A sweep outlives a failed job: raise, so Hydra records the failure and runs the other jobs;
             # it re-raises the first failure at the end, which main() reports in one line (exit code 2).
-            train(cfg, run_dir)
+            train(cfg, run_dir, on_accepted=lambda: _record_config(cfg, run_dir))
         else:
             with _reported("neuralode train"):
-                train(cfg, run_dir)
+                train(cfg, run_dir, on_accepted=lambda: _record_config(cfg, run_dir))
     except Interrupted as e:
         # Stops a sweep too: SystemExit is not an Exception, so Hydra's launcher does not record and go on.
         _remove_if_unused(run_dir)
         print(f"neuralode train: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except (SystemExit, *_USER_ERRORS):
+    except (SystemExit, KeyboardInterrupt, *_USER_ERRORS):
         _remove_if_unused(run_dir)
         raise
 
 
+def _record_config(cfg: DictConfig, run_dir: Path) -> None:
+    """Write ``<run dir>/.hydra`` as Hydra would, but only once the run is accepted (configs/config.yaml turns
+    Hydra's own early writing off), so a refused command never changes the config a run records."""
+    from omegaconf import OmegaConf
+
+    from neuralode.utils.files import write_text_atomic
+
+    hydra_cfg = HydraConfig.get()
+    for name, node in (("config.yaml", cfg), ("hydra.yaml", OmegaConf.create({"hydra": hydra_cfg})),
+                       ("overrides.yaml", hydra_cfg.overrides.task)):
+        write_text_atomic(run_dir / ".hydra" / name, OmegaConf.to_yaml(node))
+
+
 def _remove_if_unused(run_dir: Path) -> None:
-    """A command rejected before training leaves no run dir behind: remove what Hydra put in a fresh one."""
-    hydra_files = {".hydra", "train.log"}
-    if not run_dir.is_dir() or not {p.name for p in run_dir.iterdir()} <= hydra_files:
-        return
-    for name in hydra_files:
-        path = run_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
-    run_dir.rmdir()
+    """A command refused before training leaves no run dir: Hydra created it and wrote nothing in it (train.log
+    opens with its first line), so it is removed if it is still empty; a folder holding anything stays."""
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()
 
 
 def _eval_app(cfg: DictConfig) -> None:

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from runner_helpers import toy_config
+from runner_helpers import SEARCHPATH, TOY, cli, toy_config
 
 from neuralode.config import ConfigError, run_name
 from neuralode.train import train
@@ -48,3 +48,60 @@ def test_a_task_name_that_is_not_a_folder_name_is_refused(tmp_path):
     cfg.task.name = "../../x"
     with pytest.raises(ConfigError, match=r"task.name='../../x' cannot name a folder"):
         train(cfg, tmp_path / "run")
+
+
+def test_a_finished_run_leaves_no_lock_and_a_removed_lock_is_not_shared(tmp_path):
+    run_dir = tmp_path / "run"
+    train(toy_config("trainer.epochs=1"), run_dir)
+    assert not (run_dir / ".lock").exists()
+    first = RunDirLock(run_dir).__enter__()
+    stale = os.open(run_dir / ".lock", os.O_RDWR)  # opened by a second process just before the holder ends
+    first.__exit__(None, None, None)
+    with RunDirLock(run_dir):  # a third process: locks a fresh file
+        import fcntl
+
+        fcntl.flock(stale, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the second gets the old, removed file's lock ...
+        with pytest.raises(RunDirBusy):  # ... which RunDirLock does not take for the run dir's
+            RunDirLock(run_dir).__enter__()
+    os.close(stale)
+
+
+def _hydra_record(run_dir) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((run_dir / ".hydra").iterdir())}
+
+
+def test_a_refused_command_changes_nothing_in_the_run_dir(tmp_path):
+    run = cli("train", SEARCHPATH, *TOY, "trainer.epochs=1", "hydra.run.dir=run", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    run_dir = tmp_path / "run"
+    record = _hydra_record(run_dir)
+    assert set(record) == {"config.yaml", "hydra.yaml", "overrides.yaml"} and b"name: toy" in record["config.yaml"]
+    files_before = sorted(p.name for p in run_dir.iterdir())
+    refused = cli("train", SEARCHPATH, *TOY, "trainer.epochs=2", "task.hidden=8", "hydra.run.dir=run", cwd=tmp_path)
+    assert refused.returncode == 2 and "holds a checkpoint of another run" in refused.stderr
+    with RunDirLock(run_dir):  # another process trains there
+        busy = cli("train", SEARCHPATH, *TOY, "trainer.epochs=2", "hydra.run.dir=run", cwd=tmp_path)
+    assert busy.returncode == 2 and "is in use by another training process" in busy.stderr
+    assert _hydra_record(run_dir) == record and sorted(p.name for p in run_dir.iterdir()) == files_before
+
+
+def test_a_rejected_command_leaves_no_run_dir_and_never_removes_a_folder_it_did_not_create(tmp_path):
+    foreign = tmp_path / "foreign"  # another Hydra app's output, say
+    (foreign / ".hydra").mkdir(parents=True)
+    (foreign / ".hydra" / "config.yaml").write_text("theirs: 1\n")
+    (foreign / "train.log").write_text("their log\n")
+    (foreign / "notes.txt").write_text("keep me\n")
+    for run_dir, bad in ((foreign, "solver.tol=-1"), (tmp_path / "outputs" / "new", "solver.tol=-1"),
+                         (tmp_path / "outputs" / "no_data", "data.root=/nonexistent")):
+        task = TOY if "data" not in bad else ("task=mnist", "profile=smoke", "data.download=false")
+        result = cli("train", SEARCHPATH, *task, bad, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert sorted(p.name for p in foreign.rglob("*")) == [".hydra", "config.yaml", "notes.txt", "train.log"]
+    assert (foreign / "train.log").read_text() == "their log\n"
+    assert not (tmp_path / "outputs" / "new").exists() and not (tmp_path / "outputs" / "no_data").exists()
+
+
+def test_an_empty_run_dir_is_refused_not_the_current_directory(tmp_path):
+    result = cli("train", SEARCHPATH, *TOY, "trainer.epochs=1", "hydra.run.dir=", cwd=tmp_path)
+    assert result.returncode == 2 and "hydra.run.dir is empty" in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == []
