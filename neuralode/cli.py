@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import NoReturn
 
 import hydra
@@ -122,8 +124,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     _wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     sys.argv = [f"neuralode {command}", *(_rewrite(arg, command) for arg in rest)]
-    with _reported(f"neuralode {command}"):
-        run()
+    # Outside the trainer (which handles both signals itself while it trains) a stop is one line, not a traceback.
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        with _reported(f"neuralode {command}"):
+            run()
+    except KeyboardInterrupt as e:
+        name, code = ("SIGTERM", 143) if isinstance(e, Terminated) else ("SIGINT", 130)
+        print(f"neuralode {command}: stopped by {name}; every run keeps its last checkpoint, and the same command "
+              "resumes", file=sys.stderr)
+        sys.exit(code)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside the trainer's own handling, raised like Ctrl-C so that every layer unwinds the same way
+    (joblib's launcher then ends its workers, none is left behind)."""
+
+
+def _raise_terminated(_signum: int, _frame: FrameType | None) -> None:
+    raise Terminated()
 
 
 _wants_traceback = False

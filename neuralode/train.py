@@ -156,7 +156,7 @@ def _check_writable(ckpt_path: Path) -> None:
     if ckpt_path.exists() and not ckpt_path.is_file():
         raise CheckpointError(f"{ckpt_path} is not a file, so no checkpoint can be saved there; move it away, "
                               "or train into another hydra.run.dir")
-    folder = ckpt_path.parent if ckpt_path.parent.is_dir() else ckpt_path.parent.parent
+    folder = next(p for p in ckpt_path.parents if p.exists())  # where the first missing folder would be made
     if not os.access(folder, os.W_OK):
         raise PermissionError(f"{folder} is not writable, so no checkpoint could be saved; "
                               "make it writable or train into another hydra.run.dir")
