@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -19,26 +21,34 @@ class IDXError(ValueError):
 def read_idx(path: str | Path) -> torch.Tensor:
     """Return the array stored in the IDX file at ``path`` (``.gz`` is decompressed on the fly).
 
-    Only reads: nothing is written next to the file, so read-only dataset folders work.
+    The header is read first, then only the bytes it promises (plus one, to find trailing data): a damaged or
+    hostile file (a gzip bomb) is refused without reading more. Only reads: nothing is written next to the file,
+    so read-only dataset folders work.
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as e:  # gzip raises BadGzipFile (an OSError) or EOFError on damage
+            shape, dtype = _header(f, path)
+            expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            raw = f.read(expected + 1)
+    except (OSError, EOFError, zlib.error) as e:  # gzip raises BadGzipFile (an OSError), EOFError or zlib.error
         raise IDXError(f"cannot read IDX file {path}: {e}") from e
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
-        raise IDXError(f"{path} is not an IDX file (bad magic number)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise IDXError(f"{path} is truncated (header cut short)")
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    dtype = np.dtype(_DTYPES[raw[2]])
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise IDXError(f"{path} holds {len(raw) - header} data bytes, its header promises {expected} for shape {shape}")
-    arr = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    if len(raw) != expected:
+        found = "more" if len(raw) > expected else str(len(raw))
+        raise IDXError(f"{path} holds {found} data bytes, its header promises {expected} for shape {shape}")
+    arr = np.frombuffer(raw, dtype=dtype).reshape(shape)
     # Native byte order and a writable copy, as torch.from_numpy needs both.
     return torch.from_numpy(arr.astype(dtype.newbyteorder("="), copy=True))
+
+
+def _header(f: BinaryIO, path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype an IDX header declares; ``f`` is left at the first data byte."""
+    magic = f.read(4)
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _DTYPES:
+        raise IDXError(f"{path} is not an IDX file (bad magic number)")
+    ndim = magic[3]
+    dims = f.read(4 * ndim)
+    if len(dims) < 4 * ndim:
+        raise IDXError(f"{path} is truncated (header cut short)")
+    return struct.unpack(f">{ndim}I", dims), np.dtype(_DTYPES[magic[2]])

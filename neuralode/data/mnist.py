@@ -27,6 +27,7 @@ DATASETS: dict[str, type[torchvision.datasets.MNIST]] = {
     "fashion_mnist": torchvision.datasets.FashionMNIST,
 }
 IMAGE_DATASETS = (*DATASETS, "digits")  # digits: neuralode/data/digits.py, embedded in scikit-learn
+IMAGE_SIZE = (28, 28)  # MNIST's and Fashion-MNIST's; the models' layers are sized for it
 _STEMS = {
     True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -104,9 +105,9 @@ def load_split(name: str, train: bool, root: str | Path | None, cache_dir: str |
         return load_digits_split(train)
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(IMAGE_DATASETS)}")
-    root_p = None if root is None else Path(root).expanduser().resolve()
-    cache_p = Path(cache_dir).expanduser().resolve()
-    if root_p is not None and not root_p.is_dir() and not download:
+    root_p = None if root is None else _resolved(root, "data.root")
+    cache_p = _resolved(cache_dir, "data.cache_dir")
+    if root_p is not None and not root_p.is_dir() and (root_p.exists() or not download):
         raise DataError(f"data.root={root_p} is not a folder; pass data.root=<folder with the four IDX files>")
     folders = _candidates(name, root_p, cache_p)
 
@@ -127,7 +128,15 @@ def load_split(name: str, train: bool, root: str | Path | None, cache_dir: str |
         images, labels = read_idx(files[0]), read_idx(files[1])
     except IDXError as e:
         raise DataError(str(e)) from e
-    if images.dim() != 3 or labels.dim() != 1 or images.shape[0] != labels.shape[0] or images.dtype != torch.uint8:
-        raise DataError(f"{files[0]} / {files[1]}: expected uint8 images (N, H, W) and N labels, "
-                        f"got {tuple(images.shape)} {images.dtype} and {tuple(labels.shape)}")
+    if images.dim() != 3 or labels.dim() != 1 or images.shape[0] != labels.shape[0] or images.dtype != torch.uint8 \
+            or images.shape[1:] != IMAGE_SIZE or images.shape[0] == 0:
+        raise DataError(f"{files[0]} / {files[1]}: expected N >= 1 uint8 images of {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} "
+                        f"pixels and N labels, got {tuple(images.shape)} {images.dtype} and {tuple(labels.shape)}")
     return Split(images=images, labels=labels.long(), source=files[0].parent)
+
+
+def _resolved(folder: str | Path, key: str) -> Path:
+    try:
+        return Path(folder).expanduser().resolve()
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop (Python < 3.13)
+        raise DataError(f"{key}={folder} cannot be resolved ({e}); pass a real folder") from None

@@ -1,6 +1,7 @@
 """IDX parsing and locating MNIST-style files in both layouts, without writing to the source folder."""
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 
@@ -109,7 +110,7 @@ def test_download_goes_to_cache_when_root_not_writable(tmp_path: Path, monkeypat
 def test_mismatched_files_are_reported(tmp_path: Path) -> None:
     folder = write_dataset(tmp_path / "idx")
     write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.zeros(3, np.uint8))
-    with pytest.raises(DataError, match="expected uint8 images"):
+    with pytest.raises(DataError, match="expected N >= 1 uint8 images"):
         load_split("mnist", False, folder, tmp_path / "cache", download=False)
 
 
@@ -134,3 +135,40 @@ def test_digits_are_mnist_shaped_with_a_fixed_stratified_split(tmp_path: Path) -
     assert torch.equal(again.images, test.images) and torch.equal(again.labels, test.labels)
     assert mnist_data.class_names("digits") == [str(d) for d in range(10)]
     assert not (tmp_path / "cache").exists()
+
+
+def test_read_idx_reads_only_what_its_header_promises(tmp_path: Path) -> None:
+    header = write_idx(tmp_path / "one", np.zeros((1, 28, 28), np.uint8)).read_bytes()
+    bomb = tmp_path / "bomb.gz"
+    with gzip.open(bomb, "wb") as f:  # a small file that inflates to 64 MB past what the header promises
+        f.write(header)
+        for _ in range(64):
+            f.write(bytes(2**20))
+    assert bomb.stat().st_size < 2**20
+    with pytest.raises(IDXError, match=r"bomb.gz holds more data bytes, its header promises 784"):
+        read_idx(bomb)
+    damaged = tmp_path / "damaged.gz"
+    damaged.write_bytes(b"\x1f\x8b\x08\x00" + bytes(6) + np.random.default_rng(0).bytes(4096))  # gzip header, random data
+    with pytest.raises(IDXError, match=f"cannot read IDX file {damaged}"):
+        read_idx(damaged)
+
+
+@pytest.mark.parametrize("images", [np.zeros((0, 28, 28), np.uint8), np.zeros((3, 10, 10), np.uint8)],
+                         ids=["no images", "10x10"])
+def test_images_the_models_cannot_take_are_refused(tmp_path: Path, images: np.ndarray) -> None:
+    folder = write_dataset(tmp_path / "idx")
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", images)
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.zeros(len(images), np.uint8))
+    with pytest.raises(DataError, match=r"expected N >= 1 uint8 images of 28x28 pixels"):
+        load_split("mnist", False, folder, tmp_path / "cache", download=False)
+
+
+def test_a_root_that_is_a_file_or_a_symlink_loop_is_named(tmp_path: Path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    with pytest.raises(DataError, match=f"data.root={a_file} is not a folder"):
+        load_split("mnist", False, a_file, tmp_path / "cache", download=True)
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(DataError, match=f"data.root={loop} cannot be resolved"):
+        load_split("mnist", False, loop, tmp_path / "cache", download=False)
