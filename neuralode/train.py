@@ -114,25 +114,22 @@ def _train(cfg: DictConfig, run_dir: Path, stop: StopSignals, on_accepted: Calla
             except (MaxNumStepsError, NonFiniteError) as e:
                 raise TrainingError(_failure_message(e, cfg, epoch, epochs, epoch - 1, ckpt_path)) from e
             history.append(record)
-            # The metrics line goes first: a kill before the checkpoint lands leaves a line the checkpoint lacks,
-            # which a resume replaces with the checkpoint's history (a fresh start's first line included).
-            if epoch == 1:
-                _unless_it_keeps_its_metrics(ckpt_path)
-                metrics_file.replace([record])
-            else:
-                metrics_file.append(record)
             if scheduler is not None and not per_step:
                 scheduler.step()
-            save_checkpoint(ckpt_path, {
-                "model": task.model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "epoch": epoch,
-                "config": config,
-                "rng": get_rng_state(),
-                "metrics": record,
-                "history": history,
-            })
+            try:
+                _save_epoch(metrics_file, ckpt_path, {
+                    "model": task.model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "epoch": epoch,
+                    "config": config,
+                    "rng": get_rng_state(),
+                    "metrics": record,
+                    "history": history,
+                })
+            except OSError as e:  # a full disk, say: what could not be written, and what is kept
+                raise OSError(e.errno, f"epoch {epoch}/{epochs} could not be saved ({e.strerror}: {e.filename}); "
+                                       f"{_resume_hint(ckpt_path, epoch - 1)} once there is room") from e
             tb.scalars(record, epoch)
             log.info(_summary(record, epochs))
             stop.check(f"after epoch {epoch}/{epochs}; " + (_resume_hint(ckpt_path, epoch) if epoch < epochs else
@@ -149,6 +146,17 @@ def _train(cfg: DictConfig, run_dir: Path, stop: StopSignals, on_accepted: Calla
         tb.close()
     log.info(f"run dir: {run_dir}  ({len(paths)} figures)")
     return record
+
+
+def _save_epoch(metrics_file: MetricsFile, ckpt_path: Path, ckpt: dict[str, Any]) -> None:
+    """The metrics line goes first: a kill before the checkpoint lands leaves a line the checkpoint lacks, which a
+    resume replaces with the checkpoint's history (a fresh start's first line included)."""
+    if ckpt["epoch"] == 1:
+        _unless_it_keeps_its_metrics(ckpt_path)
+        metrics_file.replace([ckpt["metrics"]])
+    else:
+        metrics_file.append(ckpt["metrics"])
+    save_checkpoint(ckpt_path, ckpt)
 
 
 def _check_writable(ckpt_path: Path) -> None:

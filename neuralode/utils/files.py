@@ -14,16 +14,25 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:  # a full disk: name the file (a failed write names none), and free the partial copy
+        tmp.unlink(missing_ok=True)
+        raise named_os_error(e, path) from e
     os.replace(tmp, path)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def named_os_error(error: OSError, path: Path) -> OSError:
+    """``error`` with ``path`` as its file name, kept when it has one already."""
+    return error if error.filename else OSError(error.errno, error.strerror or str(error), str(path))
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
-from neuralode.utils.files import read_jsonl, write_text_atomic
+from neuralode.utils.files import named_os_error, read_jsonl, write_text_atomic
 from neuralode.utils.records import MetricsError, read_epoch_records
 
 log = logging.getLogger(__name__)
@@ -83,10 +83,13 @@ class MetricsFile:
 
     def append(self, record: Mapping[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json_line(record))  # one write: a kill leaves the line whole or cut, never interleaved
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.path, "a") as f:
+                f.write(json_line(record))  # one write: a kill leaves the line whole or cut, never interleaved
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise named_os_error(e, self.path) from e
 
     def replace(self, records: list[Mapping[str, Any]]) -> None:
         """Atomically make ``records`` the whole file (a fresh start over an older run's lines)."""

@@ -121,3 +121,29 @@ def test_a_stop_before_the_first_epoch_says_the_command_starts_over(tmp_path):
     with pytest.raises(Interrupted, match=r"during epoch 1/1, which is dropped; no epoch was completed, so the "
                                           r"same command starts over"):
         trainer._train(toy_config("trainer.epochs=1"), tmp_path / "run", StopAtOnce(), lambda: None)
+
+
+def test_a_full_disk_names_the_file_and_what_is_kept(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from neuralode.utils import files
+
+    run_dir = tmp_path / "run"
+    train(toy_config("trainer.epochs=1"), run_dir)
+    real_fsync = os.fsync
+
+    def full_disk(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("last.pt.tmp"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    with monkeypatch.context() as m:
+        m.setattr(files.os, "fsync", full_disk)
+        ckpt = run_dir / "checkpoints" / "last.pt"
+        with pytest.raises(OSError, match=rf"epoch 2/2 could not be saved \(No space left on device: {ckpt}\); "
+                                          rf"{ckpt} keeps epoch 1, and the same command resumes from it once there"):
+            train(toy_config("trainer.epochs=2"), run_dir)
+    assert not (run_dir / "checkpoints" / "last.pt.tmp").exists()
+    train(toy_config("trainer.epochs=2"), run_dir)
+    assert [r["epoch"] for r in MetricsFile(run_dir / "metrics.jsonl").records()] == [1, 2]
