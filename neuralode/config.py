@@ -165,6 +165,10 @@ def validate_solver(solver: Any, key: str = "solver") -> None:
                               strict=True)
             except (TypeError, ValueError) as e:
                 raise ConfigError(str(e)) from None
+    norm = (solver.get("adjoint_options") or {}).get("norm")
+    if norm not in (None, "seminorm"):  # a config cannot hold the other choice, a callable
+        raise ConfigError(f"{key}.adjoint_options.norm={norm!r} is invalid; use {key}.adjoint_options.norm=seminorm "
+                          "or leave it out (the mixed RMS norm)")
     for name in ("tol", "rtol", "atol"):
         value = solver.get(name)
         if value is not None and not 0 < value < math.inf:

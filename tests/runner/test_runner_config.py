@@ -104,6 +104,8 @@ def test_run_dir_is_named_by_the_overrides():
     ("device=gpu", "device='gpu' is invalid"),
     ("+trainer.lr=0.1", "trainer.lr is not a known key"),
     ("++solver.options.controller=PI", "solver.options['controller'] must be 'integral' or 'pi', got 'PI'"),
+    ("++solver.adjoint_options.norm=foo", "solver.adjoint_options.norm='foo' is invalid; use "
+                                          "solver.adjoint_options.norm=seminorm"),
 ])
 def test_value_checks(override: str, message: str):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.").replace("[", r"\[")):
