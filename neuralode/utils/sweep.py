@@ -26,6 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from neuralode.utils.files import read_jsonl
+from neuralode.utils.rundir import RunDirBusy, RunDirLock
 
 JOBS_FILE = "jobs.jsonl"
 
@@ -48,9 +49,20 @@ def read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
 class SweepStatus(Callback):
     """Print and record each multirun job's outcome; a no-op for single runs."""
 
+    _lock: RunDirLock | None = None
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        # One sweep at a time per sweep dir (the lock is held until this process ends): two would mix their jobs.
+        self._lock = RunDirLock(sweep_dir)
+        try:
+            self._lock.__enter__()
+        except RunDirBusy:  # SystemExit: Hydra turns a callback's exceptions into warnings and goes on
+            print(f"neuralode train: error: {sweep_dir} is in use by another sweep; wait for it to finish, or give "
+                  "this one another hydra.sweep.dir", file=sys.stderr)
+            raise SystemExit(2) from None
         # The sweep dir is reused by the same command (so runs resume): the file describes the latest sweep.
-        (Path(config.hydra.sweep.dir) / JOBS_FILE).unlink(missing_ok=True)
+        (sweep_dir / JOBS_FILE).unlink(missing_ok=True)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if not _is_multirun(config):
@@ -84,3 +96,5 @@ class SweepStatus(Callback):
         jobs = read_jobs(Path(config.hydra.sweep.dir))
         print(f"sweep: all {len(jobs)} jobs completed; statuses in {Path(config.hydra.sweep.dir) / JOBS_FILE}",
               file=sys.stderr, flush=True)
+        if self._lock is not None:
+            self._lock.__exit__(None, None, None)

@@ -105,3 +105,17 @@ def test_an_empty_run_dir_is_refused_not_the_current_directory(tmp_path):
     result = cli("train", SEARCHPATH, *TOY, "trainer.epochs=1", "hydra.run.dir=", cwd=tmp_path)
     assert result.returncode == 2 and "hydra.run.dir is empty" in result.stderr, result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_second_sweep_into_a_busy_sweep_dir_is_refused_and_its_jobs_file_untouched(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    (sweep_dir / "jobs.jsonl").write_text('{"num": 0}\n')
+    with RunDirLock(sweep_dir):  # the first sweep, running
+        second = cli("train", "-m", SEARCHPATH, *TOY, "trainer.epochs=1", "seed=0,1", "hydra.sweep.dir=sweep",
+                     cwd=tmp_path)
+    assert second.returncode == 2 and "sweep is in use by another sweep" in second.stderr.splitlines()[-1]
+    assert (sweep_dir / "jobs.jsonl").read_text() == '{"num": 0}\n' and not (sweep_dir / "toy").exists()
+    done = cli("train", "-m", SEARCHPATH, *TOY, "trainer.epochs=1", "seed=0,1", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert len((sweep_dir / "jobs.jsonl").read_text().splitlines()) == 2 and not (sweep_dir / ".lock").exists()
