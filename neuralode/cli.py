@@ -151,8 +151,9 @@ _wants_traceback = False
 # Free-form dicts under a typed schema: new keys need Hydra's "++" prefix, which users shouldn't have to know.
 _OPEN_DICTS = {"train": ("solver.options.", "solver.adjoint_options."),
                "eval": ("solver.options.", "solver.adjoint_options.", "data.")}
-# Path values taken verbatim: run dir names hold "=" and ",", which Hydra's override grammar would parse.
-_PATH_KEYS = {"train": (), "eval": ("checkpoint", "output")}
+# Path values taken verbatim: run dir names hold "=" and ",", which Hydra's override grammar would parse, and
+# a folder name may hold quotes or a newline, which its lexer refuses.
+_PATH_KEYS = {"train": ("hydra.run.dir", "hydra.sweep.dir"), "eval": ("checkpoint", "output")}
 
 
 def _rewrite(arg: str, command: str) -> str:
@@ -192,7 +193,9 @@ def describe_error(error: BaseException) -> str:
             return f"unknown {group} option {option!r}; choose one of: {', '.join(sorted(error.options))}"
         return _one_line(str(error))
     cause = error
-    while not isinstance(cause, (OmegaConfBaseException, OSError)) and cause.__cause__ is not None:
+    # Down to the cause Hydra's wrappers hide; neuralode's own errors already name it and what to do.
+    while not isinstance(cause, (OmegaConfBaseException, OSError)) and cause.__cause__ is not None \
+            and not type(cause).__module__.startswith("neuralode."):
         cause = cause.__cause__
     if isinstance(cause, OmegaConfBaseException):
         return _describe_omegaconf(cause)

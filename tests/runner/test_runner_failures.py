@@ -147,3 +147,35 @@ def test_a_full_disk_names_the_file_and_what_is_kept(tmp_path, monkeypatch):
     assert not (run_dir / "checkpoints" / "last.pt.tmp").exists()
     train(toy_config("trainer.epochs=2"), run_dir)
     assert [r["epoch"] for r in MetricsFile(run_dir / "metrics.jsonl").records()] == [1, 2]
+
+
+def test_our_own_errors_keep_their_message_over_the_os_error_beneath():
+    from neuralode.cli import describe_error
+    from neuralode.data.mnist import DataError
+
+    try:
+        try:
+            raise PermissionError(13, "Permission denied", "/home/u/.cache/neuralode")
+        except PermissionError as e:
+            raise DataError("could not download mnist into /home/u/.cache/neuralode (Permission denied); pass "
+                            "data.root=<folder with the four IDX files>") from e
+    except DataError as error:
+        message = describe_error(error)
+    assert message.startswith("could not download mnist") and "hydra.run.dir" not in message
+
+
+def test_a_run_dir_with_quotes_and_spaces_needs_no_quoting(tmp_path):
+    from runner_helpers import SEARCHPATH, TOY, cli
+
+    result = cli("train", SEARCHPATH, *TOY, "trainer.epochs=1", "hydra.run.dir=it's a run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "it's a run" / "metrics.jsonl").is_file()
+
+
+def test_a_checkpoint_path_that_is_a_folder_is_refused_before_training(tmp_path):
+    from neuralode.utils.checkpoint import CheckpointError
+
+    (tmp_path / "run" / "checkpoints" / "last.pt").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match=r"last.pt is not a file, so no checkpoint can be saved there"):
+        train(toy_config("trainer.epochs=1", "trainer.resume=false"), tmp_path / "run")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
