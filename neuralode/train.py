@@ -69,8 +69,8 @@ def train(cfg: DictConfig, run_dir: Path, on_accepted: Callable[[], None] | None
 
     SIGINT/SIGTERM stop it at the next safe point with :class:`~neuralode.utils.interrupt.Interrupted`; a second
     process training into the same run dir is refused. ``on_accepted`` runs once every check has passed (lock
-    held, checkpoint fits, task built) and before the run dir is first written to, so that what it records (the
-    CLI's copy of the config) is never changed by a refused command.
+    held, checkpoint fits, task built, metrics.jsonl matches the checkpoint) and before training starts, so that
+    what it records (the CLI's copy of the config) is never changed by a refused command.
     """
     validate(cfg)
     with RunDirLock(Path(run_dir)), StopSignals() as stop:
@@ -128,7 +128,8 @@ def _train(cfg: DictConfig, run_dir: Path, stop: StopSignals, on_accepted: Calla
                     "history": history,
                 })
             except OSError as e:  # a full disk, say: what could not be written, and what is kept
-                raise OSError(e.errno, f"epoch {epoch}/{epochs} could not be saved ({e.strerror}: {e.filename}); "
+                where = f": {e.filename}" if e.filename else ""
+                raise OSError(e.errno, f"epoch {epoch}/{epochs} could not be saved ({e.strerror or e}{where}); "
                                        f"{_resume_hint(ckpt_path, epoch - 1)} once there is room") from e
             tb.scalars(record, epoch)
             log.info(_summary(record, epochs))
@@ -152,7 +153,7 @@ def _save_epoch(metrics_file: MetricsFile, ckpt_path: Path, ckpt: dict[str, Any]
     """The metrics line goes first: a kill before the checkpoint lands leaves a line the checkpoint lacks, which a
     resume replaces with the checkpoint's history (a fresh start's first line included)."""
     if ckpt["epoch"] == 1:
-        _unless_it_keeps_its_metrics(ckpt_path)
+        _drop_checkpoint_without_history(ckpt_path)
         metrics_file.replace([ckpt["metrics"]])
     else:
         metrics_file.append(ckpt["metrics"])
@@ -204,7 +205,7 @@ def _restored_metrics(metrics_file: MetricsFile, ckpt: dict[str, Any], run_dir: 
                            "trainer.resume=false") from None
 
 
-def _unless_it_keeps_its_metrics(ckpt_path: Path) -> None:
+def _drop_checkpoint_without_history(ckpt_path: Path) -> None:
     """A fresh start replaces an older run's metrics with its first epoch's line, before its own checkpoint
     lands: a resume after a kill in between restores the older run from that checkpoint's history. An older
     checkpoint without one could not, so it is removed now (with it, the older run is over either way)."""
