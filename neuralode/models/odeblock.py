@@ -21,6 +21,15 @@ RUNNER_MAX_NUM_STEPS = 10_000
 # public API's torchdiffeq-compatible default on the ODE-Net adjoint step and the spiral latent ODE
 # (docs/benchmarks.md, section 5).
 RUNNER_CONTROLLER = "pi"
+# options.dtype (the adaptive methods' time dtype) as a config writes it: a name, not a torch.dtype.
+DTYPE_NAMES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def with_torch_dtype(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` with a dtype given by name (``solver.options.dtype=float64``) as the torch.dtype odeint takes;
+    other values, unknown names included, are left for odeint's option check to judge."""
+    dtype = options.get("dtype")
+    return {**options, "dtype": DTYPE_NAMES.get(dtype, dtype)} if isinstance(dtype, str) else dict(options)
 
 
 @dataclass
@@ -71,7 +80,7 @@ class SolverSpec:
         """
         if not self.adjoint_options:
             return None
-        return {**inherited_options(self.options), **self.adjoint_options}
+        return with_torch_dtype({**inherited_options(self.options), **self.adjoint_options})
 
 
 class ODEBlock(nn.Module):
@@ -93,11 +102,12 @@ class ODEBlock(nn.Module):
         t = t.to(device=_first_tensor(y0).device, dtype=_first_tensor(y0).dtype)
         s = self.solver
         if s.adjoint:
-            ys = odeint_adjoint(self.func, y0, t, rtol=s.rtol, atol=s.atol, method=s.method, options=s.options,
-                                adjoint_options=s.backward_options(), stats=self.stats)
+            ys = odeint_adjoint(self.func, y0, t, rtol=s.rtol, atol=s.atol, method=s.method,
+                                options=with_torch_dtype(s.options), adjoint_options=s.backward_options(),
+                                stats=self.stats)
         else:
-            ys = odeint(self.func, y0, t, rtol=s.rtol, atol=s.atol, method=s.method, options=s.options,
-                        stats=self.stats)
+            ys = odeint(self.func, y0, t, rtol=s.rtol, atol=s.atol, method=s.method,
+                        options=with_torch_dtype(s.options), stats=self.stats)
         if not last_only:
             return ys
         return tuple(y[-1] for y in ys) if isinstance(ys, tuple) else ys[-1]

@@ -77,6 +77,14 @@ def test_the_runner_caps_adaptive_steps_and_the_options_override_it():
     assert SolverSpec.from_config(toy_config("solver=rk4").solver, 1e-3).options == {}  # fixed steps: no cap
 
 
+def test_a_time_dtype_is_given_by_name(train_toy):
+    validate(toy_config("++solver.options.dtype=float64"))
+    with pytest.raises(ConfigError, match=r"solver.options\['dtype'\] must be a floating torch.dtype"):
+        validate(toy_config("++solver.options.dtype=float65"))
+    _, records = train_toy("++solver.options.dtype=float64", "trainer.epochs=1")
+    assert records[0]["nfe_forward"] > 0
+
+
 def test_adjoint_options_add_to_the_forward_options():
     cfg = toy_config("++solver.options.max_num_steps=50", "++solver.options.norm=seminorm",
                      "++solver.adjoint_options.norm=seminorm", "++solver.adjoint_options.first_step=0.1")
