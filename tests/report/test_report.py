@@ -199,7 +199,8 @@ def test_parameter_count_of_an_older_run_comes_from_its_checkpoint_without_unpic
     run.mkdir()
     (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_acc": 0.5}) + "\n")
     save_checkpoint(run / "checkpoints" / "last.pt", {"model": {"w": torch.zeros(3, 4), "steps": torch.tensor(7)},
-                                                       "optimizer": {}, "epoch": 1, "config": {}, "rng": {}})
+                                                       "optimizer": {}, "epoch": 1, "config": {"task": {"name": "mnist"}},
+                                                       "rng": {}})
     assert load_run(run, with_params=True).n_params == 12
 
     class Evil:  # unpickling this would run code: the report must refuse it, not execute it
