@@ -166,9 +166,6 @@ class MnistTask:
         self.train_labels = train.labels[: d.limit_train].to(device)
         self.test_images = test.images[: d.limit_test].to(device)
         self.test_labels = test.labels[: d.limit_test].to(device)
-        n_train = len(self.train_labels)
-        _check(d.batch_size <= n_train, f"data.batch_size={d.batch_size} is more than the {n_train} training images "
-                                        f"(and the lr scales with it, task.lr * batch_size / 128); use at most {n_train}")
         self.class_names = class_names(d.name)
         for split, labels in ((train, self.train_labels), (test, self.test_labels)):
             if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(self.class_names):
