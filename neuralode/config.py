@@ -42,8 +42,9 @@ class SolverConfig:
 class TrainerConfig:
     epochs: int = 10
     resume: bool = True             # continue from <run dir>/checkpoints/last.pt when it exists
-    progress: bool = True           # tqdm bar per epoch
+    progress: Any = "auto"          # tqdm bar per epoch: true, false, or auto (only on a terminal, not in sweeps)
     figures_every: int = 0          # also save figures every N epochs (0: only at the end)
+    log_every_steps: int = 50       # TensorBoard loss, lr and NFE every N optimiser steps (0: never)
     threads: Optional[int] = None   # torch.set_num_threads; None leaves torch's default
 
 
@@ -85,6 +86,7 @@ class EvalConfig:
     data: Dict[str, Any] = field(default_factory=dict)  # patches the checkpoint's data config (e.g. data.root)
     device: str = "auto"
     output: Optional[str] = None                     # append the result as one JSON line to this file
+    threads: Optional[int] = None                    # torch.set_num_threads; None leaves torch's default
 
 
 # Runner names for a method with fixed options, beside one per SOLVERS entry. lsoda is the solver family of
@@ -97,6 +99,15 @@ SOLVER_PRESETS: dict[str, dict[str, Any]] = {
 def solver_names() -> list[str]:
     """Every ``solver=<name>``: the registered methods and the presets whose method is registered."""
     return [*SOLVERS, *(name for name, p in SOLVER_PRESETS.items() if p["method"] in SOLVERS)]
+
+
+def solver_label(method: str, options: Any) -> str:
+    """The ``solver=<name>`` a resolved method and its options came from: a preset's name (``lsoda``, not
+    ``scipy_solver``) when the options hold the preset's, else the method."""
+    for name, preset in SOLVER_PRESETS.items():
+        if preset["method"] == method and all((options or {}).get(k) == v for k, v in preset["options"].items()):
+            return name
+    return method
 
 
 def solver_defaults(name: str) -> dict[str, Any]:
@@ -145,6 +156,11 @@ def validate_device(device: str, key: str = "device") -> None:
         raise ConfigError(f"{key}={device!r} is invalid; use auto, cpu, cuda or cuda:N")
 
 
+def validate_threads(threads: int | None, key: str) -> None:
+    if threads is not None and threads < 1:
+        raise ConfigError(f"{key}={threads} is invalid; use a positive number or null")
+
+
 # The models train in float32: a relative tolerance near its machine epsilon (1.2e-7) cannot be met, and the
 # adaptive solver would shrink its steps for minutes before giving up.
 MIN_RTOL = 5e-7
@@ -172,6 +188,21 @@ def validate_solver(solver: Any, key: str = "solver") -> None:
         if value is not None and name != "atol" and value < MIN_RTOL:
             raise ConfigError(f"{key}.{name}={value:g} is below what float32 can resolve (machine epsilon 1.2e-07); "
                               f"use {key}.{name} >= {MIN_RTOL:g}")
+
+
+def is_fixed_step(method: str) -> bool:
+    """Whether ``method`` steps on a grid set by ``options.step_size`` (rk4, euler, the implicit RK and Adams family)."""
+    solver = SOLVERS[method]
+    return not solver.adaptive and "step_size" in solver.valid_options
+
+
+def check_step_size(solver: Any, key: str = "solver") -> None:
+    """A fixed-step method without ``step_size`` would step only from one output time to the next (once over
+    [0, 1] in an ODE-Net): refuse it instead of training or evaluating on one step."""
+    options = solver.get("options") or {}
+    if is_fixed_step(solver.method) and "step_size" not in options and "grid_constructor" not in options:
+        raise ConfigError(f"{key}.method={solver.method} takes fixed steps; set their size with "
+                          f"{key}.options.step_size=<size>, e.g. {key}.options.step_size=0.1")
 
 
 def _check_keys(node: Any, schema: type, prefix: str) -> None:
@@ -248,15 +279,21 @@ def validate(cfg: DictConfig) -> None:
                                  (cfg.trainer, TrainerConfig, "trainer."), (cfg.profile, ProfileConfig, "profile.")):
         _check_keys(node, schema, prefix)
     validate_solver(cfg.solver)
+    check_step_size(cfg.solver)
     validate_device(cfg.device)
     trainer = cfg.trainer
+    if trainer.progress not in (True, False, "auto"):
+        raise ConfigError(f"trainer.progress={trainer.progress!r} is invalid; use auto (bars only on a terminal), "
+                          "true or false")
     if trainer.epochs < 1:
         raise ConfigError(f"trainer.epochs={trainer.epochs} is invalid; it must be at least 1, e.g. trainer.epochs=10")
     if trainer.figures_every < 0:
         raise ConfigError(f"trainer.figures_every={trainer.figures_every} is invalid; use 0 (only at the end) "
                           "or a positive number of epochs")
-    if trainer.threads is not None and trainer.threads < 1:
-        raise ConfigError(f"trainer.threads={trainer.threads} is invalid; use a positive number or null")
+    validate_threads(trainer.threads, "trainer.threads")
+    if trainer.log_every_steps < 0:
+        raise ConfigError(f"trainer.log_every_steps={trainer.log_every_steps} is invalid; use 0 (never) or a "
+                          "positive number of steps")
     if "name" not in cfg.task:
         raise ConfigError("task.name is missing; pick a task with task=<name>")
     # First: the name also names config files and the run dir.

@@ -1,4 +1,5 @@
-"""Per-epoch metrics: ``metrics.jsonl`` (one JSON object per epoch) and the same values in TensorBoard."""
+"""Per-epoch metrics: ``metrics.jsonl`` (one JSON object per epoch) and the same values in TensorBoard, with
+per-step scalars and the task's figures."""
 from __future__ import annotations
 
 import json
@@ -6,12 +7,12 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams
+from typing import TYPE_CHECKING, Any
 
 from neuralode.utils.files import read_jsonl, write_text_atomic
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 # metrics.jsonl key -> TensorBoard tag; other keys follow _tag()'s rule.
 TAGS = {
@@ -70,11 +71,33 @@ def json_line(record: Mapping[str, Any]) -> str:
 
 
 class TensorBoardLog:
-    """Scalars per epoch plus one hparams entry (flattened config with the final metrics) in the run dir."""
+    """Scalars per epoch, the task's figures and one hparams entry (flattened config with the final metrics) in
+    the run dir; per-step scalars every ``every_steps`` steps in ``<run dir>/steps`` (steps and epochs are
+    different x axes)."""
 
-    def __init__(self, run_dir: Path, first_epoch: int) -> None:
-        # purge_step hides events of epochs a killed run logged after its last checkpoint.
+    def __init__(self, run_dir: Path, first_epoch: int, first_step: int = 1, every_steps: int = 0) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # TensorBoard loads only for training
+
+        # purge_step hides events of epochs (steps) a killed run logged after its last checkpoint.
         self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=first_epoch)
+        self.every_steps = every_steps
+        self.step_writer: SummaryWriter | None = None
+        if every_steps:
+            self.step_writer = SummaryWriter(log_dir=str(Path(run_dir) / "steps"), purge_step=first_step)
+
+    def step_scalars(self, values: Mapping[str, float], step: int) -> None:
+        if self.step_writer is not None and step % self.every_steps == 0:
+            for key, value in values.items():
+                self.step_writer.add_scalar(f"step/{key}", float(value), step)
+
+    def figures(self, paths: list[Path], epoch: int) -> None:
+        """The PNG figures the task wrote, as TensorBoard images (tag ``figures/<file name>``)."""
+        from matplotlib.image import imread
+
+        for path in paths:
+            if path.suffix == ".png":
+                self.writer.add_image(f"figures/{path.stem}", imread(path), epoch, dataformats="HWC")
+        self.writer.flush()
 
     def scalars(self, record: Mapping[str, Any], epoch: int) -> None:
         for key, value in record.items():
@@ -83,6 +106,8 @@ class TensorBoardLog:
         self.writer.flush()
 
     def hparams(self, config: Mapping[str, Any], final: Mapping[str, Any]) -> None:
+        from torch.utils.tensorboard.summary import hparams
+
         params = {k: _hparam_value(v) for k, v in flatten(config).items()}
         metrics = {_tag(k): float(v) for k, v in final.items() if k != "epoch" and _is_number(v)}
         for summary in hparams(params, metrics):
@@ -91,6 +116,8 @@ class TensorBoardLog:
 
     def close(self) -> None:
         self.writer.close()
+        if self.step_writer is not None:
+            self.step_writer.close()
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
