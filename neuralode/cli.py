@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import logging
 import os
 import shutil
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -187,6 +186,8 @@ def _check_launcher(command: str, args: Sequence[str]) -> None:
         if key == "hydra/launcher" and launcher in _SLURM_LAUNCHERS and shutil.which("srun") is None:
             _fail(f"neuralode {command}", f"hydra/launcher={launcher} submits SLURM jobs, but srun is not on "
                   "this machine; run the sweep on the cluster's login node, or use hydra/launcher=joblib here")
+
+
 # Free-form dicts under a typed schema: new keys need Hydra's "++" prefix, which users shouldn't have to know.
 _OPEN_DICTS = {"train": ("solver.options.", "solver.adjoint_options."),
                "eval": ("solver.options.", "solver.adjoint_options.", "data.")}
@@ -228,6 +229,8 @@ def describe_error(error: BaseException) -> str:
     from hydra.errors import MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
+    from neuralode.config import did_you_mean
+
     if isinstance(error, MissingConfigException) and error.missing_cfg_file:
         group, _, option = error.missing_cfg_file.rpartition("/")
         if group == "hydra/launcher" and option in _LAUNCHER_EXTRAS:
@@ -235,7 +238,7 @@ def describe_error(error: BaseException) -> str:
             return (f"hydra/launcher={option} needs a launcher plugin that is not installed; "
                     f'install it with pip install -e ".[{extra}]" (a checkout) or pip install "neuralode[{extra}]"')
         if group and error.options:
-            return (f"unknown {group} option {option!r}; {_did_you_mean(option, error.options, group + '=')}"
+            return (f"unknown {group} option {option!r}; {did_you_mean(option, error.options, group + '=')}"
                     f"choose one of: {', '.join(sorted(error.options))}")
         return _one_line(str(error))
     cause = error
@@ -252,6 +255,8 @@ def _describe_omegaconf(error: OmegaConfBaseException) -> str:
     from omegaconf import DictConfig
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
+    from neuralode.config import did_you_mean
+
     key = getattr(error, "full_key", None)
     message = _one_line(getattr(error, "msg", None) or str(error))
     if isinstance(error, (ConfigKeyError, ConfigAttributeError)):
@@ -260,23 +265,16 @@ def _describe_omegaconf(error: OmegaConfBaseException) -> str:
         schema = getattr(error, "object_type", None)
         if dataclasses.is_dataclass(schema):
             known = [f.name for f in dataclasses.fields(schema)]
-            return (f"{key} is not a known key; {_did_you_mean(name, known, prefix)}"
+            return (f"{key} is not a known key; {did_you_mean(name, known, prefix)}"
                     f"{schema.__name__} has: {', '.join(known)}")
         parent = getattr(error, "parent_node", None)
         if isinstance(parent, DictConfig) and len(parent):
             known = [str(k) for k in parent]
-            return f"{key} is not a known key; {_did_you_mean(name, known, prefix)}the keys there are: {', '.join(known)}"
+            return f"{key} is not a known key; {did_you_mean(name, known, prefix)}the keys there are: {', '.join(known)}"
         return f"{key} is not a known key (--cfg job shows the composed config)"
     if "Missing mandatory value" in message:
         return f"{key} is required; add {key}=<value> to the command"
     return f"{key}: {message}" if key else message
-
-
-def _did_you_mean(word: str, candidates: Iterable[str], prefix: str = "") -> str:
-    """``did you mean <prefix><closest>? `` for a near miss (a typo, ``-`` for ``_``), else nothing."""
-    by_spelling = {c.replace("-", "_").lower(): c for c in candidates}
-    close = difflib.get_close_matches(word.replace("-", "_").lower(), list(by_spelling), n=1)
-    return f"did you mean {prefix}{by_spelling[close[0]]}? " if close else ""
 
 
 def _one_line(text: str) -> str:

@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -205,12 +206,20 @@ def check_step_size(solver: Any, key: str = "solver") -> None:
                           f"{key}.options.step_size=<size>, e.g. {key}.options.step_size=0.1")
 
 
+def did_you_mean(word: str, candidates: Iterable[str], prefix: str = "") -> str:
+    """``did you mean <prefix><closest>? `` for a near miss (a typo, ``-`` for ``_``), else nothing."""
+    by_spelling = {c.replace("-", "_").lower(): c for c in candidates}
+    close = difflib.get_close_matches(word.replace("-", "_").lower(), list(by_spelling), n=1)
+    return f"did you mean {prefix}{by_spelling[close[0]]}? " if close else ""
+
+
 def _check_keys(node: Any, schema: type, prefix: str) -> None:
     """Keys added with Hydra's ``+`` bypass the schema; reject them like any unknown key."""
     known = [f.name for f in fields(schema)]
     for key in node:
         if key not in known:
-            raise ConfigError(f"{prefix}{key} is not a known key; {schema.__name__} has: {', '.join(known)}")
+            raise ConfigError(f"{prefix}{key} is not a known key; {did_you_mean(key, known, prefix)}"
+                              f"{schema.__name__} has: {', '.join(known)}")
 
 
 def _shipped_group(group: str, name: str) -> dict[str, Any] | None:
@@ -264,9 +273,7 @@ def _check_group(cfg: DictConfig, group: str) -> None:
                 # The task (or its profile) set a key of its own kind of data/model: the choice is what is wrong.
                 raise ConfigError(f"task={cfg.task.name} needs {group}={task_default} (or another {group} with its "
                                   f"keys); {group}={option} has no {group}.{key}")
-            close = difflib.get_close_matches(key, list(shipped), n=1)
-            hint = f"did you mean {group}.{close[0]}? " if close else ""
-            raise ConfigError(f"{group}.{key} is not a key of {group}={option}; {hint}"
+            raise ConfigError(f"{group}.{key} is not a key of {group}={option}; {did_you_mean(key, shipped, group + '.')}"
                               f"its keys are: {', '.join(shipped)}")
         if not _type_ok(shipped[key], value):
             raise ConfigError(f"{group}.{key}={value!r} has the wrong type; {group}={option} expects "

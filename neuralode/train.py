@@ -120,8 +120,8 @@ def _train(cfg: DictConfig, run_dir: Path, stop: StopSignals) -> dict[str, Any]:
             try:
                 record, step = _run_epoch(task, optimizer, scheduler if per_step else None, epoch, epochs, device,
                                           show_progress_bars(cfg.trainer.progress), tb, step,
-                                    lambda: stop.check(f"during epoch {epoch}/{epochs}, which is dropped; "
-                                                       + _resume_hint(ckpt_path, epoch - 1)))
+                                          lambda: stop.check(f"during epoch {epoch}/{epochs}, which is dropped; "
+                                                             + _resume_hint(ckpt_path, epoch - 1)))
             except (MaxNumStepsError, NonFiniteError) as e:
                 raise TrainingError(_failure_message(e, cfg, epoch, epochs, epoch - 1, ckpt_path)) from e
             if replace_metrics:
