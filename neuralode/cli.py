@@ -3,28 +3,26 @@
 Each subcommand is a thin ``@hydra.main`` wrapper around :func:`neuralode.train.train` or
 :func:`neuralode.evaluate.evaluate`. Mistakes in the command line or config (unknown option, bad type,
 bad value, unreadable checkpoint, missing data) end with one line on stderr and exit code 2.
+
+Hydra, OmegaConf and torch are imported only once a command runs: ``neuralode --help`` answers at once.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException, MissingConfigException
-from hydra.types import RunMode
-from omegaconf import DictConfig
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
-
-from neuralode.config import config_dir, register_configs
-from neuralode.solvers import MaxNumStepsError, NonFiniteError
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+    from omegaconf.errors import OmegaConfBaseException
 
 USAGE = """\
 usage: neuralode <command> [overrides ...]
@@ -39,12 +37,23 @@ commands:
 composed config; -m runs a sweep (solver=dopri5,rk4). HYDRA_FULL_ERROR=1 shows tracebacks.
 """
 
-# Errors caused by what the user asked for or gave (values, files, folders, permissions, dynamics that a
-# setting made blow up); anything else is a bug and keeps its traceback.
-_USER_ERRORS = (HydraException, OmegaConfBaseException, ValueError, OSError, MaxNumStepsError, NonFiniteError)
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors caused by what the user asked for or gave (values, files, folders, permissions, dynamics that a
+    setting made blow up); anything else is a bug and keeps its traceback. A function: importing the
+    exception classes loads Hydra and torch, which ``--help`` does not need."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from neuralode.solvers import MaxNumStepsError, NonFiniteError
+
+    return (HydraException, OmegaConfBaseException, ValueError, OSError, MaxNumStepsError, NonFiniteError)
 
 
 def _train_app(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     from neuralode.train import train  # imported here: TensorBoard & co. load only for this command
     from neuralode.utils.interrupt import Interrupted
 
@@ -55,6 +64,10 @@ def _train_app(cfg: DictConfig) -> None:
                                  "name a folder, e.g. hydra.run.dir=outputs/my_run")
     try:
         if hydra_cfg.mode == RunMode.MULTIRUN:
+            # Jobs of a parallel sweep share one terminal or log: each of their lines names its job.
+            _label_log_lines(f"job #{hydra_cfg.job.num} ({hydra_cfg.job.override_dirname})")
+            if cfg.trainer.progress == "auto":  # bars of parallel jobs would redraw over each other's lines
+                cfg.trainer.progress = False
             # A sweep outlives a failed job: raise, so Hydra records the failure and runs the other jobs;
             # it re-raises the first failure at the end, which main() reports in one line (exit code 2).
             train(cfg, run_dir, on_accepted=lambda: _record_config(cfg, run_dir))
@@ -66,7 +79,7 @@ def _train_app(cfg: DictConfig) -> None:
         _remove_if_unused(run_dir)
         print(f"neuralode train: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except (SystemExit, KeyboardInterrupt, *_USER_ERRORS):
+    except (SystemExit, KeyboardInterrupt, *_user_errors()):
         _remove_if_unused(run_dir)
         raise
 
@@ -74,6 +87,7 @@ def _train_app(cfg: DictConfig) -> None:
 def _record_config(cfg: DictConfig, run_dir: Path) -> None:
     """Write ``<run dir>/.hydra`` as Hydra would, but only once the run is accepted (configs/config.yaml turns
     Hydra's own early writing off), so a refused command never changes the config a run records."""
+    from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
     from neuralode.utils.files import write_text_atomic
@@ -84,6 +98,23 @@ def _record_config(cfg: DictConfig, run_dir: Path) -> None:
         write_text_atomic(run_dir / ".hydra" / name, OmegaConf.to_yaml(node))
 
 
+class _JobLabel(logging.Filter):
+    def __init__(self, label: str) -> None:
+        super().__init__()
+        self.label = label
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "job_labelled", False):  # one record passes every handler
+            record.msg, record.job_labelled = f"{self.label} {record.msg}", True
+        return True
+
+
+def _label_log_lines(label: str) -> None:
+    """Prefix every log line of this job (console and train.log) with ``label``."""
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_JobLabel(label))
+
+
 def _remove_if_unused(run_dir: Path) -> None:
     """A command refused before training leaves no run dir: Hydra created it and wrote nothing in it (train.log
     opens with its first line), so it is removed if it is still empty; a folder holding anything stays."""
@@ -92,10 +123,18 @@ def _remove_if_unused(run_dir: Path) -> None:
 
 
 def _eval_app(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     from neuralode.evaluate import evaluate
 
-    if HydraConfig.get().mode == RunMode.MULTIRUN:
-        evaluate(cfg)  # as in train: a failed job is recorded and the sweep goes on
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        try:
+            evaluate(cfg)  # as in train: a failed job is recorded and the sweep goes on
+        finally:  # eval writes nothing into the job folder Hydra made; don't leave it behind
+            with contextlib.suppress(OSError):
+                Path(hydra_cfg.runtime.output_dir).rmdir()
     else:
         with _reported("neuralode eval"):
             evaluate(cfg)
@@ -116,14 +155,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     if command not in COMMANDS:
         _fail("neuralode", f"unknown command {command!r}; use one of: {', '.join(COMMANDS)} (neuralode --help)")
     config_name, app = COMMANDS[command]
+    _check_launcher(command, rest)
+    import hydra
+
+    from neuralode.config import config_dir, register_configs
+
     register_configs()
+    _compose_once(rest)
     run = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(app)
     # Hydra reads its overrides from sys.argv and reports errors itself unless HYDRA_FULL_ERROR is set;
     # setting it makes Hydra re-raise, so user errors can be reported here in one line.
     global _wants_traceback
     _wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    sys.argv = [f"neuralode {command}", *(_rewrite(arg, command) for arg in rest)]
+    sys.argv = [f"neuralode {command}", *(rewrite_override(arg, command) for arg in rest)]
     # Outside the trainer (which handles both signals itself while it trains) a stop is one line, not a traceback.
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
@@ -148,6 +193,32 @@ def _raise_terminated(_signum: int, _frame: FrameType | None) -> None:
 
 
 _wants_traceback = False
+# Launchers (hydra/launcher=...) that submit through SLURM's commands, and the extra that installs each plugin.
+_SLURM_LAUNCHERS = ("slurm_gpu", "submitit_slurm")
+_LAUNCHER_EXTRAS = {"joblib": "joblib", "submitit_slurm": "slurm", "submitit_local": "slurm", "slurm_gpu": "slurm"}
+
+
+def _compose_once(args: Sequence[str]) -> None:
+    """Before running, Hydra composes the whole config an extra time only to read ``hydra.mode``, which
+    neuralode's configs never set (a second of a short run's start-up): skip that unless the command sets it."""
+    if any(arg.lstrip("+~").startswith("hydra.mode=") for arg in args):
+        return
+    from hydra._internal.hydra import Hydra  # hydra-core is pinned to 1.3, whose get_mode this replaces
+
+    Hydra.get_mode = lambda self, config_name, overrides: None  # None: -m decides, as with no hydra.mode
+
+
+def _check_launcher(command: str, args: Sequence[str]) -> None:
+    """A SLURM launcher off a cluster would end in submitit's traceback after composing; say it up front."""
+    if not {"-m", "--multirun"} & set(args):
+        return
+    for arg in args:
+        key, _, launcher = arg.lstrip("+~").partition("=")
+        if key == "hydra/launcher" and launcher in _SLURM_LAUNCHERS and shutil.which("srun") is None:
+            _fail(f"neuralode {command}", f"hydra/launcher={launcher} submits SLURM jobs, but srun is not on "
+                  "this machine; run the sweep on the cluster's login node, or use hydra/launcher=joblib here")
+
+
 # Free-form dicts under a typed schema: new keys need Hydra's "++" prefix, which users shouldn't have to know.
 _OPEN_DICTS = {"train": ("solver.options.", "solver.adjoint_options."),
                "eval": ("solver.options.", "solver.adjoint_options.", "data.")}
@@ -156,7 +227,7 @@ _OPEN_DICTS = {"train": ("solver.options.", "solver.adjoint_options."),
 _PATH_KEYS = {"train": ("hydra.run.dir", "hydra.sweep.dir"), "eval": ("checkpoint", "output")}
 
 
-def _rewrite(arg: str, command: str) -> str:
+def rewrite_override(arg: str, command: str) -> str:
     """Spare users two Hydra subtleties: ``solver.options.step_size=0.1`` becomes ``++solver.options...``
     (add the key or override it), and ``checkpoint=outputs/mnist/model=odenet,profile=smoke`` is quoted."""
     key, eq, value = arg.partition("=")
@@ -174,7 +245,7 @@ def _reported(prog: str) -> Iterator[None]:
     """Turn a user error into one line on stderr and exit code 2 (a traceback with HYDRA_FULL_ERROR=1)."""
     try:
         yield
-    except _USER_ERRORS as e:
+    except _user_errors() as e:
         if _wants_traceback:
             raise
         _fail(prog, describe_error(e))
@@ -187,10 +258,20 @@ def _fail(prog: str, message: str) -> NoReturn:
 
 def describe_error(error: BaseException) -> str:
     """One line saying what is wrong and what would be right, from Hydra's or OmegaConf's multi-line errors."""
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from neuralode.config import did_you_mean
+
     if isinstance(error, MissingConfigException) and error.missing_cfg_file:
         group, _, option = error.missing_cfg_file.rpartition("/")
+        if group == "hydra/launcher" and option in _LAUNCHER_EXTRAS:
+            extra = _LAUNCHER_EXTRAS[option]
+            return (f"hydra/launcher={option} needs a launcher plugin that is not installed; "
+                    f'install it with pip install -e ".[{extra}]" (a checkout) or pip install "neuralode[{extra}]"')
         if group and error.options:
-            return f"unknown {group} option {option!r}; choose one of: {', '.join(sorted(error.options))}"
+            return (f"unknown {group} option {option!r}; {did_you_mean(option, error.options, group + '=')}"
+                    f"choose one of: {', '.join(sorted(error.options))}")
         return _one_line(str(error))
     cause = error
     # Down to the cause Hydra's wrappers hide; neuralode's own errors already name it and what to do.
@@ -205,16 +286,25 @@ def describe_error(error: BaseException) -> str:
 
 
 def _describe_omegaconf(error: OmegaConfBaseException) -> str:
+    from omegaconf import DictConfig
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    from neuralode.config import did_you_mean
+
     key = getattr(error, "full_key", None)
     message = _one_line(getattr(error, "msg", None) or str(error))
     if isinstance(error, (ConfigKeyError, ConfigAttributeError)):
+        prefix, _, name = str(key).rpartition(".")
+        prefix = prefix + "." if prefix else ""
         schema = getattr(error, "object_type", None)
         if dataclasses.is_dataclass(schema):
-            known = ", ".join(f.name for f in dataclasses.fields(schema))
-            return f"{key} is not a known key; {schema.__name__} has: {known}"
+            known = [f.name for f in dataclasses.fields(schema)]
+            return (f"{key} is not a known key; {did_you_mean(name, known, prefix)}"
+                    f"{schema.__name__} has: {', '.join(known)}")
         parent = getattr(error, "parent_node", None)
         if isinstance(parent, DictConfig) and len(parent):
-            return f"{key} is not a known key; the keys there are: {', '.join(str(k) for k in parent)}"
+            known = [str(k) for k in parent]
+            return f"{key} is not a known key; {did_you_mean(name, known, prefix)}the keys there are: {', '.join(known)}"
         return f"{key} is not a known key (--cfg job shows the composed config)"
     if "Missing mandatory value" in message:
         return f"{key} is required; add {key}=<value> to the command"

@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -43,8 +44,9 @@ class SolverConfig:
 class TrainerConfig:
     epochs: int = 10
     resume: bool = True             # continue from <run dir>/checkpoints/last.pt when it exists
-    progress: bool = True           # tqdm bar per epoch
+    progress: Any = "auto"          # tqdm bar per epoch: true, false, or auto (only on a terminal, not in sweeps)
     figures_every: int = 0          # also save figures every N epochs (0: only at the end)
+    log_every_steps: int = 50       # TensorBoard loss, lr and NFE every N optimiser steps (0: never)
     threads: Optional[int] = None   # torch.set_num_threads; None leaves torch's default
 
 
@@ -87,6 +89,7 @@ class EvalConfig:
     device: str = "auto"
     output: Optional[str] = None                     # append the result as one JSON line to this file
     task_module: Optional[str] = None                # a plug-in task's module (never taken from the checkpoint)
+    threads: Optional[int] = None                    # torch.set_num_threads; None leaves torch's default
 
 
 # Runner names for a method with fixed options, beside one per SOLVERS entry. lsoda is the solver family of
@@ -99,6 +102,15 @@ SOLVER_PRESETS: dict[str, dict[str, Any]] = {
 def solver_names() -> list[str]:
     """Every ``solver=<name>``: the registered methods and the presets whose method is registered."""
     return [*SOLVERS, *(name for name, p in SOLVER_PRESETS.items() if p["method"] in SOLVERS)]
+
+
+def solver_label(method: str, options: Any) -> str:
+    """The ``solver=<name>`` a resolved method and its options came from: a preset's name (``lsoda``, not
+    ``scipy_solver``) when the options hold the preset's, else the method."""
+    for name, preset in SOLVER_PRESETS.items():
+        if preset["method"] == method and all((options or {}).get(k) == v for k, v in preset["options"].items()):
+            return name
+    return method
 
 
 def solver_defaults(name: str) -> dict[str, Any]:
@@ -147,6 +159,11 @@ def validate_device(device: str, key: str = "device") -> None:
         raise ConfigError(f"{key}={device!r} is invalid; use auto, cpu, cuda or cuda:N")
 
 
+def validate_threads(threads: int | None, key: str) -> None:
+    if threads is not None and threads < 1:
+        raise ConfigError(f"{key}={threads} is invalid; use a positive number or null")
+
+
 # The models train in float32: a relative tolerance near its machine epsilon (1.2e-7) cannot be met, and the
 # adaptive solver would shrink its steps for minutes before giving up.
 MIN_RTOL = 5e-7
@@ -180,12 +197,35 @@ def validate_solver(solver: Any, key: str = "solver") -> None:
                               f"use {key}.{name} >= {MIN_RTOL:g}")
 
 
+def is_fixed_step(method: str) -> bool:
+    """Whether ``method`` steps on a grid set by ``options.step_size`` (rk4, euler, the implicit RK and Adams family)."""
+    solver = SOLVERS[method]
+    return not solver.adaptive and "step_size" in solver.valid_options
+
+
+def check_step_size(solver: Any, key: str = "solver") -> None:
+    """A fixed-step method without ``step_size`` would step only from one output time to the next (once over
+    [0, 1] in an ODE-Net): refuse it instead of training or evaluating on one step."""
+    options = solver.get("options") or {}
+    if is_fixed_step(solver.method) and "step_size" not in options and "grid_constructor" not in options:
+        raise ConfigError(f"{key}.method={solver.method} takes fixed steps; set their size with "
+                          f"{key}.options.step_size=<size>, e.g. {key}.options.step_size=0.1")
+
+
+def did_you_mean(word: str, candidates: Iterable[str], prefix: str = "") -> str:
+    """``did you mean <prefix><closest>? `` for a near miss (a typo, ``-`` for ``_``), else nothing."""
+    by_spelling = {c.replace("-", "_").lower(): c for c in candidates}
+    close = difflib.get_close_matches(word.replace("-", "_").lower(), list(by_spelling), n=1)
+    return f"did you mean {prefix}{by_spelling[close[0]]}? " if close else ""
+
+
 def _check_keys(node: Any, schema: type, prefix: str) -> None:
     """Keys added with Hydra's ``+`` bypass the schema; reject them like any unknown key."""
     known = [f.name for f in fields(schema)]
     for key in node:
         if key not in known:
-            raise ConfigError(f"{prefix}{key} is not a known key; {schema.__name__} has: {', '.join(known)}")
+            raise ConfigError(f"{prefix}{key} is not a known key; {did_you_mean(key, known, prefix)}"
+                              f"{schema.__name__} has: {', '.join(known)}")
 
 
 def _shipped_group(group: str, name: str) -> dict[str, Any] | None:
@@ -239,9 +279,7 @@ def _check_group(cfg: DictConfig, group: str) -> None:
                 # The task (or its profile) set a key of its own kind of data/model: the choice is what is wrong.
                 raise ConfigError(f"task={cfg.task.name} needs {group}={task_default} (or another {group} with its "
                                   f"keys); {group}={option} has no {group}.{key}")
-            close = difflib.get_close_matches(key, list(shipped), n=1)
-            hint = f"did you mean {group}.{close[0]}? " if close else ""
-            raise ConfigError(f"{group}.{key} is not a key of {group}={option}; {hint}"
+            raise ConfigError(f"{group}.{key} is not a key of {group}={option}; {did_you_mean(key, shipped, group + '.')}"
                               f"its keys are: {', '.join(shipped)}")
         if not _type_ok(shipped[key], value):
             raise ConfigError(f"{group}.{key}={value!r} has the wrong type; {group}={option} expects "
@@ -254,15 +292,21 @@ def validate(cfg: DictConfig) -> None:
                                  (cfg.trainer, TrainerConfig, "trainer."), (cfg.profile, ProfileConfig, "profile.")):
         _check_keys(node, schema, prefix)
     validate_solver(cfg.solver)
+    check_step_size(cfg.solver)
     validate_device(cfg.device)
     trainer = cfg.trainer
+    if trainer.progress not in (True, False, "auto"):
+        raise ConfigError(f"trainer.progress={trainer.progress!r} is invalid; use auto (bars only on a terminal), "
+                          "true or false")
     if trainer.epochs < 1:
         raise ConfigError(f"trainer.epochs={trainer.epochs} is invalid; it must be at least 1, e.g. trainer.epochs=10")
     if trainer.figures_every < 0:
         raise ConfigError(f"trainer.figures_every={trainer.figures_every} is invalid; use 0 (only at the end) "
                           "or a positive number of epochs")
-    if trainer.threads is not None and trainer.threads < 1:
-        raise ConfigError(f"trainer.threads={trainer.threads} is invalid; use a positive number or null")
+    validate_threads(trainer.threads, "trainer.threads")
+    if trainer.log_every_steps < 0:
+        raise ConfigError(f"trainer.log_every_steps={trainer.log_every_steps} is invalid; use 0 (never) or a "
+                          "positive number of steps")
     if "name" not in cfg.task:
         raise ConfigError("task.name is missing; pick a task with task=<name>")
     # First: the name also names config files and the run dir.

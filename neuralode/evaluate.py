@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 from collections.abc import Mapping
@@ -16,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from neuralode.config import validate_device, validate_solver
+from neuralode.config import check_step_size, is_fixed_step, solver_label, validate_device, validate_solver, validate_threads
 from neuralode.models.odeblock import SolverSpec
 from neuralode.tasks import Task
 from neuralode.utils.checkpoint import checkpoint_config, checkpoint_path, load_checkpoint, restore_part
@@ -46,6 +47,7 @@ def evaluate_checkpoint(checkpoint: str | Path, solver: Mapping[str, Any] | None
         "epoch": ckpt["epoch"],
         "task": cfg.task.name,
         "model": cfg.model.get("name"),
+        "solver": solver_label(spec.method, spec.options),
         "method": spec.method,
         "rtol": spec.rtol,
         "atol": spec.atol,
@@ -70,6 +72,7 @@ def restore_task(checkpoint: str | Path, solver: Mapping[str, Any] | None = None
     if task_name is not None and cfg.task.name != task_name:
         raise ValueError(f"{checkpoint} is a task={cfg.task.name} checkpoint; this needs task={task_name}")
     cfg.solver = _patched_solver(cfg.solver, solver)
+    check_step_size(cfg.solver)  # e.g. solver=rk4 asked of a dopri5 checkpoint, which had no step size
     if data:
         cfg.data = OmegaConf.merge(cfg.data, dict(data))
     seed_everything(cfg.seed)  # the same subsets/augmentations as at training time, whatever the solver
@@ -89,23 +92,59 @@ def _patched_solver(saved: DictConfig, changes: Mapping[str, Any]) -> DictConfig
     return OmegaConf.create(patched)
 
 
+# The keys of a result that say what was evaluated, and how; the others are what was measured.
+SETTING_KEYS = ("checkpoint", "epoch", "task", "model", "solver", "method", "rtol", "atol", "adjoint", "options")
+
+
 def format_result(result: Mapping[str, Any]) -> str:
-    """One line: the task's metrics, NFE per forward pass, time, and the solver that produced them."""
-    skip = {"checkpoint", "epoch", "task", "model", "method", "rtol", "atol", "adjoint", "options",
-            "nfe_eval", "eval_time_s"}
+    """One line: the task's metrics, NFE per forward pass, time, and the solver that produced them (a fixed-step
+    method by its step size, an adaptive one by its tolerances)."""
+    skip = {*SETTING_KEYS, "nfe_eval", "eval_time_s"}
     metrics = "  ".join(f"{k} {v:.4f}" for k, v in result.items() if k not in skip and isinstance(v, float))
+    if is_fixed_step(result["method"]):
+        options = result["options"]
+        steps = (f"step_size={options['step_size']:g}" if "step_size" in options else "grid_constructor")
+    else:
+        steps = f"rtol={result['rtol']:g} atol={result['atol']:g}"
     return (f"{metrics}  nfe {result['nfe_eval']:.1f}  time {result['eval_time_s']:.2f} s  "
-            f"[{result['method']} rtol={result['rtol']:g} atol={result['atol']:g}, epoch {result['epoch']}]")
+            f"[{result.get('solver', result['method'])} {steps}, epoch {result['epoch']}]")
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """``neuralode eval``: evaluate ``cfg.checkpoint``, print one line, optionally append it to ``cfg.output``."""
+    """``neuralode eval``: evaluate ``cfg.checkpoint``, print one line, optionally record it in ``cfg.output``."""
+    validate_threads(cfg.threads, "threads")
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
     result = evaluate_checkpoint(cfg.checkpoint, OmegaConf.to_container(cfg.solver, resolve=True),
                                  OmegaConf.to_container(cfg.data, resolve=True), cfg.device, cfg.task_module)
     log.info(format_result(result))
     if cfg.output:
-        out = Path(cfg.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "a") as f:
-            f.write(json.dumps(result) + "\n")
+        record_result(Path(cfg.output), result)
     return result
+
+
+def record_result(path: Path, result: Mapping[str, Any]) -> None:
+    """Add ``result`` as one JSON line to ``path``, replacing the line of an earlier evaluation of the same
+    checkpoint with the same solver settings (a rerun updates its row instead of duplicating it)."""
+    setting = [result.get(k) for k in SETTING_KEYS]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # the jobs of a parallel eval sweep share the file
+        f.seek(0)
+        lines = f.read().splitlines()
+        kept = [line for line in lines if _setting_of(line) != setting]
+        if len(kept) < len(lines):
+            f.seek(0)
+            f.truncate()
+            f.write("".join(line + "\n" for line in kept))
+        f.write(json.dumps(result) + "\n")
+
+
+def _setting_of(line: str) -> list[Any] | None:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return [row.get(k) for k in SETTING_KEYS] if isinstance(row, dict) else None

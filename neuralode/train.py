@@ -3,7 +3,8 @@
 Run dir layout::
 
     metrics.jsonl            one JSON object per finished epoch
-    events.out.tfevents.*    TensorBoard scalars and hparams
+    events.out.tfevents.*    TensorBoard: scalars per epoch, the figures, hparams
+    steps/events.out.*       TensorBoard: loss, lr and NFE every ``trainer.log_every_steps`` optimiser steps
     checkpoints/last.pt      model, optimiser, scheduler, epoch, config, RNG states (written atomically)
     figures/                 the task's figures
 
@@ -17,18 +18,19 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from neuralode.config import ConfigError, validate
-from neuralode.models.odeblock import collect_solve_stats, reset_solve_stats
+from neuralode.models.odeblock import SolverSpec, collect_solve_stats, reset_solve_stats
 from neuralode.solvers import MaxNumStepsError, NonFiniteError
 from neuralode.tasks import Task
 from neuralode.utils.checkpoint import (
@@ -62,6 +64,13 @@ _RESUME_FREE = {"device", "trainer", "profile", "data.root", "data.download", "d
 # Keys added after run dirs already existed, with the value that reproduces those runs: a checkpoint saved
 # without the key resumes under that value (and is refused under any other).
 _ADDED_KEYS: dict[str, Any] = {"task.lr_cycles": 1}
+# A bar redraws at most this often: each redraw is a line in anything that records the terminal.
+BAR_REDRAW_S = 0.5
+
+
+def show_progress_bars(setting: bool | str, stream: IO[str] = sys.stderr) -> bool:
+    """``trainer.progress``: ``auto`` draws bars only on a terminal; logs get the one line per epoch instead."""
+    return stream.isatty() if setting == "auto" else bool(setting)
 
 
 def train(cfg: DictConfig, run_dir: Path, on_accepted: Callable[[], None] | None = None) -> dict[str, Any]:
@@ -102,15 +111,16 @@ def _train(cfg: DictConfig, run_dir: Path, stop: StopSignals, on_accepted: Calla
 
     epochs = cfg.trainer.epochs
     per_step = getattr(task, "lr_interval", "epoch") == "step"
-    tb = TensorBoardLog(run_dir, first_epoch=done + 1)
+    step = ckpt.get("step", 0) if done else 0
+    tb = TensorBoardLog(run_dir, first_epoch=done + 1, first_step=step + 1, every_steps=cfg.trainer.log_every_steps)
     record: dict[str, Any] = history[-1] if history else {}
     try:
         for epoch in range(done + 1, epochs + 1):
             try:
-                record = _run_epoch(task, optimizer, scheduler if per_step else None, epoch, epochs, device,
-                                    cfg.trainer.progress,
-                                    lambda: stop.check(f"during epoch {epoch}/{epochs}, which is dropped; "
-                                                       + _resume_hint(ckpt_path, epoch - 1)))
+                record, step = _run_epoch(task, optimizer, scheduler if per_step else None, epoch, epochs, device,
+                                          show_progress_bars(cfg.trainer.progress), tb, step,
+                                          lambda: stop.check(f"during epoch {epoch}/{epochs}, which is dropped; "
+                                                             + _resume_hint(ckpt_path, epoch - 1)))
             except (MaxNumStepsError, NonFiniteError) as e:
                 raise TrainingError(_failure_message(e, cfg, epoch, epochs, epoch - 1, ckpt_path)) from e
             history.append(record)
@@ -122,6 +132,7 @@ def _train(cfg: DictConfig, run_dir: Path, stop: StopSignals, on_accepted: Calla
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "epoch": epoch,
+                    "step": step,
                     "config": config,
                     "rng": get_rng_state(),
                     "metrics": record,
@@ -136,12 +147,13 @@ def _train(cfg: DictConfig, run_dir: Path, stop: StopSignals, on_accepted: Calla
             stop.check(f"after epoch {epoch}/{epochs}; " + (_resume_hint(ckpt_path, epoch) if epoch < epochs else
                        f"{ckpt_path} keeps it, and the same command writes the figures"))
             if cfg.trainer.figures_every and epoch % cfg.trainer.figures_every == 0 and epoch < epochs:
-                _save_figures(task, run_dir)
+                tb.figures(_save_figures(task, run_dir), epoch)
         if done >= epochs:
             log.info(f"{run_dir} already holds {done} epochs (trainer.epochs={epochs}); nothing to train")
         paths = _save_figures(task, run_dir)
         if done < epochs:
-            tb.hparams(config, record)
+            tb.figures(paths, epochs)
+            tb.hparams(_with_resolved_tolerances(config, cfg), record)
         stop.check("after the run finished; nothing is lost")  # a stop asked during the figures ends a sweep too
     finally:
         tb.close()
@@ -248,10 +260,21 @@ def _first_sentence(error: Exception) -> str:
     return str(error).split("; ")[0].rstrip(".")
 
 
+def _with_resolved_tolerances(config: dict[str, Any], cfg: DictConfig) -> dict[str, Any]:
+    """The config with the tolerances the solver used in place of nulls (``solver.tol=null``: the task's default)."""
+    default_tol = cfg.task.get("default_tol")
+    if default_tol is None:
+        return config
+    spec = SolverSpec.from_config(cfg.solver, default_tol=default_tol)
+    tol = spec.rtol if spec.rtol == spec.atol else None
+    return {**config, "solver": {**config["solver"], "tol": tol, "rtol": spec.rtol, "atol": spec.atol}}
+
+
 def _run_epoch(task: Task, optimizer: torch.optim.Optimizer, step_scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-               epoch: int, epochs: int, device: torch.device, progress: bool,
-               check_stop: Callable[[], None]) -> dict[str, Any]:
-    """One pass over the task's training batches, then its evaluation; returns the metrics.jsonl record.
+               epoch: int, epochs: int, device: torch.device, progress: bool, tb: TensorBoardLog, step: int,
+               check_stop: Callable[[], None]) -> tuple[dict[str, Any], int]:
+    """One pass over the task's training batches, then its evaluation; returns the metrics.jsonl record and the
+    number of optimiser steps taken so far (``step`` before the epoch).
 
     ``step_scheduler`` (tasks whose ``lr_interval`` is ``"step"``) advances after every optimiser step;
     the record's ``lr`` is then the epoch's first. ``check_stop`` runs after every batch.
@@ -263,13 +286,14 @@ def _run_epoch(task: Task, optimizer: torch.optim.Optimizer, step_scheduler: tor
     sums: dict[str, float] = defaultdict(float)
     seen = 0
     batches = 0
+    nfe_before = (0, 0)  # the solve stats' totals after the previous step
     memory = PeakMemory(device)
     synchronize(device)
     start = time.perf_counter()
     with memory:
         data = task.train_batches(epoch)
         bar = tqdm(data, total=len(data) if hasattr(data, "__len__") else None, desc=f"epoch {epoch}/{epochs}",
-                   leave=False, disable=not progress, dynamic_ncols=True)
+                   leave=False, disable=not progress, dynamic_ncols=True, mininterval=BAR_REDRAW_S)
         for batch in bar:
             out = task.training_step(batch)
             loss = out.loss.item()
@@ -278,6 +302,8 @@ def _run_epoch(task: Task, optimizer: torch.optim.Optimizer, step_scheduler: tor
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             optimizer.step()
+            step += 1
+            step_lr = optimizer.param_groups[0]["lr"]
             if step_scheduler is not None:
                 step_scheduler.step()
             check_stop()
@@ -287,7 +313,11 @@ def _run_epoch(task: Task, optimizer: torch.optim.Optimizer, step_scheduler: tor
             seen += out.batch_size
             batches += 1
             stats = collect_solve_stats(model)
-            bar.set_postfix(loss=f"{loss:.4f}", nfe=f"{stats.nfe_forward / batches:.1f}/{stats.nfe_backward / batches:.1f}")
+            tb.step_scalars({"loss": loss, "lr": step_lr, "nfe_forward": stats.nfe_forward - nfe_before[0],
+                             "nfe_backward": stats.nfe_backward - nfe_before[1]}, step)
+            nfe_before = (stats.nfe_forward, stats.nfe_backward)
+            bar.set_postfix(loss=f"{loss:.4f}", nfe=f"{stats.nfe_forward / batches:.1f}/{stats.nfe_backward / batches:.1f}",
+                            refresh=False)
         bar.close()
     synchronize(device)
     epoch_time = time.perf_counter() - start
@@ -306,7 +336,7 @@ def _run_epoch(task: Task, optimizer: torch.optim.Optimizer, step_scheduler: tor
         "n_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
     })
     record.update(measure_evaluation(task, device))  # test metrics, nfe_eval, eval_time_s
-    return record
+    return record, step
 
 
 def _save_figures(task: Task, run_dir: Path) -> list[Path]:

@@ -15,16 +15,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-import torchvision
 
 from neuralode.data.idx import IDXError, read_idx
 
-# Config name -> torchvision class; the class name is also torchvision's folder name.
-DATASETS: dict[str, type[torchvision.datasets.MNIST]] = {
-    "mnist": torchvision.datasets.MNIST,
-    "fashion_mnist": torchvision.datasets.FashionMNIST,
+# Config name -> torchvision class name, also torchvision's folder name. torchvision itself is imported only to
+# download: importing it costs seconds that a run reading IDX files would otherwise spend starting up.
+DATASETS: dict[str, str] = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+# torchvision's ``classes`` of each data set (a test checks them against torchvision's).
+CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "mnist": ("0 - zero", "1 - one", "2 - two", "3 - three", "4 - four", "5 - five", "6 - six", "7 - seven",
+              "8 - eight", "9 - nine"),
+    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"),
 }
 IMAGE_DATASETS = (*DATASETS, "digits")  # digits: neuralode/data/digits.py, embedded in scikit-learn
 IMAGE_SIZE = (28, 28)  # MNIST's and Fashion-MNIST's; the models' layers are sized for it
@@ -61,7 +66,7 @@ def _find_split(folder: Path, train: bool) -> tuple[Path, Path] | None:
 
 
 def _candidates(name: str, root: Path | None, cache_dir: Path) -> list[Path]:
-    cls_dir = DATASETS[name].__name__
+    cls_dir = DATASETS[name]
     folders = [] if root is None else [root, root / cls_dir / "raw"]
     folders.append(cache_dir / cls_dir / "raw")
     return folders
@@ -74,11 +79,19 @@ def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK)
 
 
+def torchvision_dataset(name: str) -> Any:
+    """torchvision's class for ``name``, which downloads it."""
+    import torchvision
+
+    return getattr(torchvision.datasets, DATASETS[name])
+
+
 def _download(name: str, root: Path | None, cache_dir: Path) -> None:
     target = root if root is not None and _writable(root) else cache_dir
     try:
+        dataset = torchvision_dataset(name)
         for train in (True, False):
-            DATASETS[name](root=str(target), train=train, download=True)
+            dataset(root=str(target), train=train, download=True)
     except Exception as e:  # torchvision raises RuntimeError/URLError/OSError depending on what failed
         # torchvision lists every mirror it tried on its own line; the first and last say what went wrong.
         lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
@@ -93,7 +106,7 @@ def class_names(name: str) -> list[str]:
     if name == "digits":
         from neuralode.data.digits import CLASSES
         return list(CLASSES)
-    return list(DATASETS[name].classes)
+    return list(CLASS_NAMES[name])
 
 
 def load_split(name: str, train: bool, root: str | Path | None, cache_dir: str | Path,

@@ -1,4 +1,5 @@
-"""Per-epoch metrics: ``metrics.jsonl`` (one JSON object per epoch) and the same values in TensorBoard."""
+"""Per-epoch metrics: ``metrics.jsonl`` (one JSON object per epoch) and the same values in TensorBoard, with
+per-step scalars and the task's figures."""
 from __future__ import annotations
 
 import json
@@ -7,15 +8,15 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams
+from typing import TYPE_CHECKING, Any
 
 from neuralode.utils.files import named_os_error, read_jsonl, write_text_atomic
 from neuralode.utils.records import MetricsError, read_epoch_records
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 # metrics.jsonl key -> TensorBoard tag; other keys follow _tag()'s rule.
 TAGS = {
@@ -103,11 +104,16 @@ def json_line(record: Mapping[str, Any]) -> str:
 
 
 class TensorBoardLog:
-    """Scalars per epoch plus one hparams entry (flattened config with the final metrics) in the run dir."""
+    """Scalars per epoch, the task's figures and one hparams entry (flattened config with the final metrics) in
+    the run dir; per-step scalars every ``every_steps`` steps in ``<run dir>/steps`` (steps and epochs are
+    different x axes)."""
 
-    def __init__(self, run_dir: Path, first_epoch: int) -> None:
-        self.run_dir, self.first_epoch = run_dir, first_epoch
+    def __init__(self, run_dir: Path, first_epoch: int, first_step: int = 1, every_steps: int = 0) -> None:
+        self.run_dir, self.first_epoch, self.first_step, self.every_steps = run_dir, first_epoch, first_step, every_steps
         self._writer: SummaryWriter | None = None
+        self._step_writer: SummaryWriter | None = None
+        # Step values wait for their epoch's checkpoint, as the epoch's own values do (see ``writer``).
+        self._pending_steps: list[tuple[int, dict[str, float]]] = []
 
     @property
     def writer(self) -> SummaryWriter:
@@ -115,16 +121,43 @@ class TensorBoardLog:
         epochs from first_epoch on, so an earlier start would hide an older run's curves even if it stopped
         before replacing that run."""
         if self._writer is None:
-            self._writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=self.first_epoch)
+            self._writer = _summary_writer(self.run_dir, self.first_epoch)
         return self._writer
 
+    def step_scalars(self, values: Mapping[str, float], step: int) -> None:
+        if self.every_steps and step % self.every_steps == 0:
+            self._pending_steps.append((step, {key: float(value) for key, value in values.items()}))
+
+    def _flush_steps(self) -> None:
+        if not self._pending_steps:
+            return
+        if self._step_writer is None:
+            self._step_writer = _summary_writer(self.run_dir / "steps", self.first_step)
+        for step, values in self._pending_steps:
+            for key, value in values.items():
+                self._step_writer.add_scalar(f"step/{key}", value, step)
+        self._pending_steps.clear()
+
+    def figures(self, paths: list[Path], epoch: int) -> None:
+        """The PNG figures the task wrote, as TensorBoard images (tag ``figures/<file name>``)."""
+        from matplotlib.image import imread
+
+        for path in paths:
+            if path.suffix == ".png":
+                self.writer.add_image(f"figures/{path.stem}", imread(path), epoch, dataformats="HWC")
+        self.writer.flush()
+
     def scalars(self, record: Mapping[str, Any], epoch: int) -> None:
+        """An epoch's values, and the step values held since the last epoch (called after its checkpoint)."""
+        self._flush_steps()
         for key, value in record.items():
             if key != "epoch" and _is_number(value):
                 self.writer.add_scalar(_tag(key), float(value), epoch)
         self.writer.flush()
 
     def hparams(self, config: Mapping[str, Any], final: Mapping[str, Any]) -> None:
+        from torch.utils.tensorboard.summary import hparams
+
         params = {k: _hparam_value(v) for k, v in flatten(config).items()}
         metrics = {_tag(k): float(v) for k, v in final.items() if k != "epoch" and _is_number(v)}
         for summary in hparams(params, metrics):
@@ -132,8 +165,15 @@ class TensorBoardLog:
         self.writer.flush()
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        for writer in (self._writer, self._step_writer):
+            if writer is not None:
+                writer.close()
+
+
+def _summary_writer(log_dir: Path, purge_step: int) -> SummaryWriter:
+    from torch.utils.tensorboard import SummaryWriter  # TensorBoard loads only for training
+
+    return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

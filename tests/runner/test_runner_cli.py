@@ -44,7 +44,7 @@ def test_help_lists_the_subcommands(tmp_path: Path):
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ("solver=rk5", "unknown solver option 'rk5'; choose one of: adaptive_heun, bosh3, dopri5"),
+    ("solver=rk5", "unknown solver option 'rk5'; did you mean solver=rk4? choose one of: adaptive_heun, bosh3, dopri5"),
     ("task=nope", "unknown task option 'nope'; choose one of:"),
     ("solver.tol=-1", "solver.tol=-1.0 is invalid; tolerances must be positive"),
     ("solver.atol=abc", "solver.atol: Value 'abc' of type 'str' could not be converted to Float"),
@@ -87,7 +87,7 @@ def test_train_then_eval(tmp_path: Path):
     train = cli("train", SEARCHPATH, *TOY, "solver=rk4", "solver.options.step_size=0.25", "trainer.epochs=1",
                 cwd=tmp_path)
     assert train.returncode == 0, train.stderr
-    run_dir = tmp_path / "outputs" / "toy" / "solver.options.step_size=0.25,solver=rk4,trainer.epochs=1"
+    run_dir = tmp_path / "outputs" / "toy" / "solver.options.step_size=0.25,solver=rk4"
     assert (run_dir / "checkpoints" / "last.pt").is_file() and run_dir.as_posix() in train.stdout
 
     result = cli("eval", f"checkpoint={run_dir.relative_to(tmp_path)}", "solver.options.step_size=0.125",
@@ -105,6 +105,7 @@ def test_train_then_eval(tmp_path: Path):
     ((), "checkpoint is required; add checkpoint=<value>"),
     (("checkpoint=x", "solver.tol=-1"), "solver.tol=-1.0 is invalid"),
     (("checkpoint=x", "solver=rk5"), "unknown solver option 'rk5'"),
+    (("checkpoint=x", "threads=0"), "threads=0 is invalid; use a positive number"),
 ])
 def test_eval_errors_are_one_line(monkeypatch, capsys, tmp_path: Path, args: tuple[str, ...], message: str):
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n')
@@ -165,3 +166,58 @@ def test_an_eval_sweep_goes_on_past_a_bad_job(tmp_path: Path):
     rows = [json.loads(line) for line in (tmp_path / "sweep.jsonl").read_text().splitlines()]
     assert [r["rtol"] for r in rows] == [0.1, 0.01]
     assert re.search(r"job #1 \(.*solver.tol=-1 .*\) FAILED", result.stderr)
+    assert not (tmp_path / "outputs" / "eval_multirun").exists() or not [
+        p for p in (tmp_path / "outputs" / "eval_multirun").iterdir() if p.is_dir()]  # no empty job folders
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("model.chanels=3", "model.chanels is not a known key; did you mean model.channels?"),
+    ("solver.tool=1e-3", "solver.tool is not a known key; did you mean solver.tol?"),
+    ("modle=odenet", "modle is not a known key; did you mean model?"),
+    ("data=fashion-mnist", "unknown data option 'fashion-mnist'; did you mean data=fashion_mnist?"),
+])
+def test_a_near_miss_gets_a_suggestion(monkeypatch, capsys, tmp_path: Path, override: str, message: str):
+    code, err = run_main(monkeypatch, capsys, tmp_path, "train", "task=mnist", "model=odenet", "profile=smoke", override)
+    assert_one_line_error(code, err, "neuralode train", message)
+
+
+@pytest.mark.parametrize(("launcher", "extra"), [("joblib", "joblib"), ("submitit_slurm", "slurm")])
+def test_a_missing_launcher_plugin_names_the_extra_to_install(launcher: str, extra: str):
+    from hydra.errors import MissingConfigException
+
+    from neuralode.cli import describe_error
+
+    error = MissingConfigException("Could not load 'hydra/launcher/...'", missing_cfg_file=f"hydra/launcher/{launcher}",
+                                   options=["basic"])
+    assert f'pip install -e ".[{extra}]"' in describe_error(error)
+
+
+def test_a_slurm_launcher_off_a_cluster_is_one_line(monkeypatch, capsys, tmp_path: Path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun here
+    code, err = run_main(monkeypatch, capsys, tmp_path, "train", "-m", SEARCHPATH, *TOY, "hydra/launcher=slurm_gpu")
+    assert_one_line_error(code, err, "neuralode train", "hydra/launcher=slurm_gpu submits SLURM jobs, but srun is not")
+
+
+def test_a_run_composes_its_config_once(monkeypatch, capsys, tmp_path: Path):
+    from hydra._internal.hydra import Hydra
+
+    calls = []
+    compose_config = Hydra.compose_config
+    monkeypatch.setattr(Hydra, "compose_config", lambda self, *a, **k: calls.append(1) or compose_config(self, *a, **k))
+    monkeypatch.setattr(Hydra, "get_mode", Hydra.get_mode)  # main() replaces it; restored after the test
+    code, err = run_main(monkeypatch, capsys, tmp_path, "train", SEARCHPATH, *TOY, "trainer.epochs=0")
+    assert code == 2 and "trainer.epochs=0 is invalid" in err  # rejected after composing, before training
+    assert len(calls) == 1
+
+
+def test_eval_takes_a_thread_count(monkeypatch, capsys, tmp_path: Path):
+    import torch
+
+    run_dir = tmp_path / "run"
+    train(toy_config("trainer.epochs=1"), run_dir)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["neuralode"])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    GlobalHydra.instance().clear()
+    main(["eval", f"checkpoint={run_dir}", "threads=2"])  # returns: no error
+    assert torch.get_num_threads() == 2 and "test_rmse" in capsys.readouterr().out  # the conftest restores it

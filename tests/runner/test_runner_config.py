@@ -96,9 +96,11 @@ def test_adjoint_options_add_to_the_forward_options():
 
 def test_run_dir_is_named_by_the_overrides():
     cfg = compose_config("task=toy", "solver=rk4", "trainer.epochs=2", "device=cpu", "trainer.progress=false",
+                         "trainer.threads=1", "trainer.figures_every=1", "trainer.log_every_steps=5", "seed=1",
                          hydra=True)
-    # task is in the path already; device and progress don't change what is trained.
-    assert cfg.hydra.run.dir == "outputs/toy/solver=rk4,trainer.epochs=2"
+    # task is in the path already; device, length and reporting don't change the experiment: a longer
+    # trainer.epochs lands in the same dir, and continues the run there.
+    assert cfg.hydra.run.dir == "outputs/toy/seed=1,solver=rk4"
     assert compose_config("task=toy", hydra=True).hydra.run.dir == "outputs/toy/default"
     assert run_name("++solver.options.step_size=0.1,x=a/b") == "solver.options.step_size=0.1,x=a_b"
 
@@ -109,6 +111,9 @@ def test_run_dir_is_named_by_the_overrides():
     ("solver.method=rk5", "solver.method='rk5' is unknown"),
     ("trainer.epochs=0", "trainer.epochs=0 is invalid"),
     ("trainer.figures_every=-1", "trainer.figures_every=-1 is invalid"),
+    ("trainer.log_every_steps=-1", "trainer.log_every_steps=-1 is invalid"),
+    ("trainer.progress=sometimes", "trainer.progress='sometimes' is invalid; use auto"),
+    ("solver=rk4", "solver.method=rk4 takes fixed steps; set their size with solver.options.step_size=<size>"),
     ("device=gpu", "device='gpu' is invalid"),
     ("+trainer.lr=0.1", "trainer.lr is not a known key"),
     ("++solver.options.controller=PI", "solver.options['controller'] must be 'integral' or 'pi', got 'PI'"),
@@ -157,3 +162,9 @@ def test_a_profile_without_sizes_for_the_task_is_refused():
         validate(compose_config("task=cnf", "profile=converged"))
     for profile in ("demo", "converged"):
         validate(compose_config("task=mnist", f"profile={profile}"))
+
+
+def test_the_demo_fixes_its_thread_count():
+    """The README's demo accuracy was measured on 2 threads; another count sums in another order."""
+    cfg = compose_config("task=mnist", "data=digits", "profile=demo")
+    assert cfg.trainer.threads == 2

@@ -83,7 +83,7 @@ def test_failed_download_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.M
             raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://a/, got:\n"
                                "<urlopen error [Errno -2] Name or service not known>\n")
 
-    monkeypatch.setitem(mnist_data.DATASETS, "mnist", Offline)
+    monkeypatch.setattr(mnist_data, "torchvision_dataset", lambda name: Offline)
     with pytest.raises(DataError, match=r"could not download mnist into .*data\.root=") as err:
         load_split("mnist", True, None, tmp_path / "cache", download=True)
     assert "\n" not in str(err.value) and "Name or service not known" in str(err.value)
@@ -99,7 +99,7 @@ def test_download_goes_to_cache_when_root_not_writable(tmp_path: Path, monkeypat
 
     source = tmp_path / "readonly"
     source.mkdir()
-    monkeypatch.setitem(mnist_data.DATASETS, "mnist", MNIST)
+    monkeypatch.setattr(mnist_data, "torchvision_dataset", lambda name: MNIST)
     monkeypatch.setattr(mnist_data, "_writable", lambda folder: folder != source)
     split = load_split("mnist", True, source, tmp_path / "cache", download=True)
     assert set(targets) == {str(tmp_path / "cache")}
@@ -172,3 +172,11 @@ def test_a_root_that_is_a_file_or_a_symlink_loop_is_named(tmp_path: Path) -> Non
     loop.symlink_to(loop)
     with pytest.raises(DataError, match=f"data.root={loop} cannot be resolved"):
         load_split("mnist", False, loop, tmp_path / "cache", download=False)
+
+
+def test_class_names_are_torchvisions_without_importing_it() -> None:
+    """The names are kept here so that a run reading IDX files never imports torchvision (seconds of start-up)."""
+    import torchvision
+
+    for name, folder in mnist_data.DATASETS.items():
+        assert mnist_data.class_names(name) == list(getattr(torchvision.datasets, folder).classes)
