@@ -1,11 +1,13 @@
 """Which training runs each profile of ``make reproduce`` needs, as ``neuralode train`` overrides.
 
 The plan is pure data, so the report can name every command and find every run dir without training.
-Each run lives in ``<runs dir>/<key>``; the key is readable (``table1/odenet``, ``table2/rnn_n30``).
+Each run lives in ``<runs dir>/<key>``; the key is readable (``table1/odenet``, ``table2/rnn_n30``). With
+several seeds every run is trained once per seed, in ``<runs dir>/seed<s>/<base>`` (``seed1/table1/odenet``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 from neuralode.report import paper
 
@@ -13,16 +15,26 @@ PROFILES = ("smoke", "quick", "full")
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 
 
+DEFAULT_SEED = 0  # the config's ``seed``: a one-seed plan with it keeps the single-seed layout
+
+
 @dataclass(frozen=True)
 class Run:
-    key: str                 # run dir relative to the runs dir, also the name shown in progress lines
+    base: str                # the experiment, e.g. ``table1/odenet``: the runs of all seeds share it
     section: str             # table1 | table2 | figure4 | figure5 | figure7
     overrides: tuple[str, ...]
     meta: dict[str, str | int] = field(default_factory=dict, compare=False)  # model, n_obs, data, size
+    seed: int | None = None  # None: the config's default seed, in the single-seed layout
+
+    @property
+    def key(self) -> str:
+        """Run dir relative to the runs dir, also the name shown in progress lines."""
+        return self.base if self.seed is None else f"seed{self.seed}/{self.base}"
 
     def command(self, run_dir: str) -> list[str]:
         """The ``neuralode train`` arguments for this run, writing into ``run_dir``."""
-        return ["train", *self.overrides, f"hydra.run.dir={run_dir}"]
+        seed = [] if self.seed is None else [f"seed={self.seed}"]
+        return ["train", *self.overrides, *seed, f"hydra.run.dir={run_dir}"]
 
 
 @dataclass(frozen=True)
@@ -83,8 +95,17 @@ def check_profile(profile: str) -> ProfileSpec:
     return SPECS[profile]
 
 
-def build_plan(profile: str, data: DataChoice) -> list[Run]:
-    """Every training run of ``profile``, in the order they are run (Table 1 first: Figure 3 needs it)."""
+def build_plan(profile: str, data: DataChoice, seeds: Sequence[int] = (DEFAULT_SEED,)) -> list[Run]:
+    """Every training run of ``profile``, once per seed, in the order they are run: seed by seed, so an
+    interrupted reproduction has whole seeds; Table 1 first in each (Figure 3 needs it)."""
+    runs = _experiments(profile, data)
+    if tuple(seeds) == (DEFAULT_SEED,):
+        return runs
+    return [replace(run, seed=seed) for seed in seeds for run in runs]
+
+
+def _experiments(profile: str, data: DataChoice) -> list[Run]:
+    """One run per experiment of ``profile``, at the config's default seed."""
     spec = check_profile(profile)
     p = f"profile={profile}"
     runs: list[Run] = []
