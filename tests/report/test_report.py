@@ -304,3 +304,17 @@ def test_crafted_checkpoint_and_figure3_file_blank_their_cells(runs_dir: Path, t
     text = write_report("smoke", build_plan("smoke", DataChoice("fashion_mnist")), runs_dir, tmp_path / "r").read_text()
     assert "| ODE-Net | 10.00% | 0.42% | missing |" in text
     assert "Figure 3 measurements missing" in text
+
+
+def test_tiled_task_figures_keep_their_own_pixel_size(tmp_path: Path) -> None:
+    """Shrinking a task's PNG into a small grid cell made its titles about 5 px tall."""
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    from neuralode.report.figures import image_grid
+
+    src = tmp_path / "density.png"
+    Figure(figsize=(9.6, 3.4)).savefig(src, dpi=100)  # 960 x 340, as the cnf_match task writes
+    out = image_grid([[("ring_modes: CNF M=2", src)], [("", None)]], tmp_path / "grid.png")
+    with Image.open(out) as im:
+        assert im.width == 960 and im.height > 2 * 340
