@@ -20,6 +20,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -118,18 +119,12 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tolerances: Sequ
     try:
         for i, tol in enumerate(tolerances):
             set_tolerance(model, tol, adjoint=True)
-            # Forward only: error, NFE and median wall time over `repeats` solves.
-            times = []
+            # Forward only: error and NFE of one solve (timed below, interleaved with the other tolerances).
             reset_solve_stats(model)
             with torch.no_grad():
-                for _ in range(max(1, repeats)):
-                    hooks.outputs = []
-                    synchronize(x.device)
-                    t0 = time.perf_counter()
-                    logits = model(x)
-                    synchronize(x.device)
-                    times.append(time.perf_counter() - t0)
-            nfe_forward = collect_solve_stats(model).nfe_forward / max(1, repeats)
+                hooks.outputs = []
+                logits = model(x)
+            nfe_forward = collect_solve_stats(model).nfe_forward
             state = hooks.take()
             # Forward + backward through the adjoint: the backward NFE of the same tolerance.
             reset_solve_stats(model)
@@ -150,20 +145,25 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tolerances: Sequ
                 "error_state": _rel_error(state, ref_state),
                 "error_logits": _rel_error(logits, ref_logits),
                 "accuracy": float((logits.argmax(1) == y).float().mean()),
-                "forward_time_s": statistics.median(times),
                 "train_step_time_s": train_step_s,
             })
             if progress:
                 r = rows[-1]
                 print(f"  figure3 [{i + 1}/{len(tolerances)}] tol={tol:.0e}  NFE fwd {r['nfe_forward']:.0f} "
-                      f"bwd {r['nfe_backward']:.0f}  error {r['error_state']:.2e}  "
-                      f"time {r['forward_time_s'] * 1e3:.0f} ms", flush=True)
+                      f"bwd {r['nfe_backward']:.0f}  error {r['error_state']:.2e}", flush=True)
+        load_before = os.getloadavg()[0]
+        for row, (wall, cpu) in zip(rows, _interleaved_forward_times(model, x, tolerances, repeats)):
+            row.update(forward_time_s=statistics.median(wall), forward_time_min_s=min(wall),
+                       forward_time_max_s=max(wall), forward_cpu_s=statistics.median(cpu))
+        load = {"before": load_before, "after": os.getloadavg()[0], "cpus": os.cpu_count()}
     finally:
         hooks.close()
         model.zero_grad(set_to_none=True)
     ratios = [r["nfe_backward"] / r["nfe_forward_train"] for r in rows if r["nfe_forward_train"] > 0]
     return {
         "tolerances": [float(t) for t in tolerances],
+        "timing_rounds": max(1, repeats),
+        "load_average_1min": load,
         "reference_tol": ref_tol,
         "batch_size": int(x.shape[0]),
         "rows": rows,
@@ -173,6 +173,26 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tolerances: Sequ
             "max": max(ratios) if ratios else None,
         },
     }
+
+
+@torch.no_grad()
+def _interleaved_forward_times(model: nn.Module, x: torch.Tensor, tolerances: Sequence[float],
+                               rounds: int) -> list[tuple[list[float], list[float]]]:
+    """Wall and process-CPU seconds of one forward pass per tolerance and round. Each round visits every
+    tolerance, alternating the order, so a change of load during the measurement falls on all tolerances
+    alike instead of on the ones measured last."""
+    times: list[tuple[list[float], list[float]]] = [([], []) for _ in tolerances]
+    for r in range(max(1, rounds)):
+        order = range(len(tolerances)) if r % 2 == 0 else reversed(range(len(tolerances)))
+        for i in order:
+            set_tolerance(model, tolerances[i])
+            synchronize(x.device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            model(x)
+            synchronize(x.device)
+            times[i][0].append(time.perf_counter() - t0)
+            times[i][1].append(time.process_time() - c0)
+    return times
 
 
 @torch.no_grad()
@@ -256,8 +276,7 @@ def observations(data: dict[str, Any] | None, nfe_over_epochs: tuple[Sequence[fl
         lo, hi = min(rows, key=lambda r: r["nfe_forward"]), max(rows, key=lambda r: r["nfe_forward"])
         out.append(f"(a) From {lo['nfe_forward']:.0f} to {hi['nfe_forward']:.0f} forward NFE the error of h(1) went "
                    f"from {lo['error_state']:.1e} to {hi['error_state']:.1e}.")
-        out.append(f"(b) Forward time went from {lo['forward_time_s'] * 1e3:.0f} ms to "
-                   f"{hi['forward_time_s'] * 1e3:.0f} ms over the same range.")
+        out.append(_timing_observation(lo, hi, data.get("timing_rounds", 1)))
     acc = (data or {}).get("accuracy_by_tolerance") or []
     if len(acc) >= 2:
         loose, tight = acc[0], acc[-1]
@@ -276,6 +295,23 @@ def observations(data: dict[str, Any] | None, nfe_over_epochs: tuple[Sequence[fl
     return out
 
 
+def _timing_observation(lo: dict[str, Any], hi: dict[str, Any], rounds: int) -> str:
+    """Panel (b) in words: the trend only where the timings' spread over the rounds is smaller than it."""
+    def ms(row: dict[str, Any]) -> str:
+        low, high = row.get("forward_time_min_s"), row.get("forward_time_max_s")
+        spread = f" (range {low * 1e3:.0f}-{high * 1e3:.0f})" if low is not None and rounds > 1 else ""
+        return f"{row['forward_time_s'] * 1e3:.0f} ms{spread}"
+
+    text = (f"(b) Median forward time over {rounds} interleaved round(s) went from {ms(lo)} to {ms(hi)} over the "
+            "same range.")
+    if rounds < 2 or "forward_time_min_s" not in lo:
+        return text + " One timing per tolerance: its spread is unknown, so no trend is drawn from it."
+    overlap = lo["forward_time_max_s"] >= hi["forward_time_min_s"] and hi["forward_time_max_s"] >= lo["forward_time_min_s"]
+    if overlap:
+        return text + " The ranges overlap: the spread is larger than the effect, so no trend is drawn."
+    return text
+
+
 def plot(data: dict[str, Any] | None, nfe_over_epochs: tuple[Sequence[float], Sequence[float]], out_png: Path,
          title: str = "", paper_solver: dict[str, Any] | None = None) -> Path:
     """Four panels as in the paper's Figure 3; panels without data say so instead of failing. ``paper_solver``:
@@ -290,7 +326,7 @@ def plot(data: dict[str, Any] | None, nfe_over_epochs: tuple[Sequence[float], Se
     nfe = [r["nfe_forward"] for r in rows]
     panels = [
         ("(a)", "Numerical error", [r["error_state"] for r in rows], True),
-        ("(b)", "Forward time (s)", [r["forward_time_s"] for r in rows], False),
+        ("(b)", "Forward time (s), median", [r["forward_time_s"] for r in rows], False),
         ("(c)", "NFE backward", [r["nfe_backward"] for r in rows], False),
     ]
     for ax, (tag, ylabel, ys, logy) in zip(axes[:3], panels):
@@ -304,6 +340,10 @@ def plot(data: dict[str, Any] | None, nfe_over_epochs: tuple[Sequence[float], Se
         ax.set_xlabel("NFE forward")
         ax.set_ylabel(ylabel)
         ax.set_title(tag)
+    if rows and "forward_time_min_s" in rows[0]:  # the range over the timing rounds
+        axes[1].errorbar(nfe, [r["forward_time_s"] for r in rows], fmt="none", ecolor="gray", capsize=3,
+                         yerr=[[r["forward_time_s"] - r["forward_time_min_s"] for r in rows],
+                               [r["forward_time_max_s"] - r["forward_time_s"] for r in rows]])
     other = (paper_solver or {}).get("rows", [])
     if rows and other:
         axes[2].lines[0].set_label(data.get("method", "trained method"))
@@ -359,7 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--png", type=Path, help="also plot the figure here")
     parser.add_argument("--tolerances", type=float, nargs="+", default=list(FIG3_TOLS_LONG))
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3, help="forward passes timed per tolerance (median)")
+    parser.add_argument("--repeats", type=int, default=3, help="timing rounds, each timing one forward pass per "
+                        "tolerance, interleaved (median and range over the rounds)")
     parser.add_argument("--accuracy-tolerances", type=float, nargs="*", default=list(FIG3_ACCURACY_TOLS),
                         help="tolerances of the accuracy table (none: skip it)")
     parser.add_argument("--accuracy-images", type=int, help="test images of the accuracy table (default: all)")

@@ -181,7 +181,7 @@ def write_report(profile: str, plan: list[Run], runs_dir: Path, report_dir: Path
                 f"{f3.get('method', 'dopri5')} at rtol = atol = tol; error = relative L2 error of the ODE block's "
                 f"output h(1) (and of the logits) against a float64 solve at tol {f3['reference_tol']:.0e}; "
                 "time = median forward pass; backward NFE from one forward+backward (adjoint) pass at the same tolerance.", "",
-                _figure3_table(f3), "",
+                _figure3_table(f3), "", _load_line(f3), "",
                 f"**Backward vs forward NFE:** {figure3.verdict(f3)}", ""]
         if f3.get("accuracy_by_tolerance"):
             out += [f"Test accuracy against the test-time tolerance ({f3.get('method', 'dopri5')}, the first "
@@ -313,13 +313,32 @@ def _profile_blurb(profile: str) -> str:
             "full": "the paper's settings, meant for a GPU"}.get(profile, "")
 
 
+def _time_ms(row: dict[str, Any]) -> str:
+    """Median forward time, with its range over the timing rounds and its process CPU time when measured."""
+    text = f"{row['forward_time_s'] * 1e3:.0f}"
+    if isinstance(row.get("forward_time_min_s"), float) and isinstance(row.get("forward_time_max_s"), float):
+        text += f" ({row['forward_time_min_s'] * 1e3:.0f}-{row['forward_time_max_s'] * 1e3:.0f})"
+    if isinstance(row.get("forward_cpu_s"), float):
+        text += f", CPU {row['forward_cpu_s'] * 1e3:.0f}"
+    return text
+
+
 def _figure3_table(f3: dict[str, Any]) -> str:
     rows = [[f"{r['tol']:.0e}", f"{r['nfe_forward']:.0f}", f"{r['nfe_backward']:.0f}",
              f"{r['nfe_backward'] / r['nfe_forward_train']:.2f}" if r["nfe_forward_train"] else "-",
-             f"{r['error_state']:.2e}", f"{r['error_logits']:.2e}", f"{r['forward_time_s'] * 1e3:.0f}",
+             f"{r['error_state']:.2e}", f"{r['error_logits']:.2e}", _time_ms(r),
              f"{r['accuracy'] * 100:.1f}%"] for r in f3["rows"]]
     return tables.markdown_table(["tol", "NFE fwd", "NFE bwd", "bwd/fwd", "error h(1)", "error logits",
-                                  "fwd time ms", "batch acc"], rows)
+                                  "fwd time ms: median (range), CPU", "batch acc"], rows)
+
+
+def _load_line(f3: dict[str, Any]) -> str:
+    load = f3.get("load_average_1min")
+    if not isinstance(load, dict) or not all(isinstance(load.get(k), (int, float)) for k in ("before", "after", "cpus")):
+        return "Load average not recorded (measured before it was)."
+    return (f"Timing: {f3.get('timing_rounds', 1)} round(s), each timing one forward pass per tolerance in "
+            f"alternating order; 1-minute load average {load['before']:.2f} before and {load['after']:.2f} after, "
+            f"on {load['cpus']} CPUs. CPU is this process's CPU time (all its threads).")
 
 
 def _accuracy_table(rows: list[dict[str, float]]) -> str:
