@@ -65,12 +65,16 @@ def _by_epoch(group: RunGroup, value: Callable[[dict], float | None]) -> tuple[l
 
 
 def _plot_spread(ax: Axes, xs: Sequence[float], spreads: Sequence[Spread], label: str, **style: object) -> None:
-    """Mean line; with several seeds a band of ± one standard deviation around it."""
+    """Mean line; with several seeds a band of ± one standard deviation around it (error bars where there is
+    only one point, which a band cannot show)."""
     line, = ax.plot(xs, [s.mean for s in spreads], "o-", label=label, **style)
     if any(s.sd is not None for s in spreads):
-        sds = [s.sd or 0.0 for s in spreads]
-        ax.fill_between(xs, [s.mean - d for s, d in zip(spreads, sds)], [s.mean + d for s, d in zip(spreads, sds)],
-                        color=line.get_color(), alpha=0.2, linewidth=0)
+        means, sds = [s.mean for s in spreads], [s.sd or 0.0 for s in spreads]
+        if len(xs) == 1:
+            ax.errorbar(xs, means, yerr=sds, fmt="none", ecolor=line.get_color(), capsize=4)
+        else:
+            ax.fill_between(xs, [m - d for m, d in zip(means, sds)], [m + d for m, d in zip(means, sds)],
+                            color=line.get_color(), alpha=0.2, linewidth=0)
 
 
 def _error_of(record: dict) -> float | None:
@@ -106,7 +110,7 @@ def table1_curves(runs: Mapping[str, RunGroup], out: Path) -> Path | None:
         if ax.lines:
             ax.legend(fontsize=9)
     if n > 1:
-        fig.suptitle(f"mean over {n} seeds, band: ± 1 sd")
+        fig.suptitle(f"mean over {n} seeds, band or bars: ± 1 sd")
     return save_figure(fig, out)
 
 

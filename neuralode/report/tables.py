@@ -22,6 +22,8 @@ def fmt(value: float | Spread | None, spec: str = ".3g", suffix: str = "") -> st
         return f"{value:{spec}}{suffix}"
     if value.sd is None:
         return f"{value.mean:{spec}}{suffix}"
+    if value.sd == 0:  # every seed gave the same value (a count, a deterministic measure)
+        return f"{value.mean:{spec}}{suffix} (n={value.n})"
     return f"{value.mean:{spec}} ± {value.sd:{spec.lstrip('+')}}{suffix} (n={value.n})"  # an sd has no sign
 
 

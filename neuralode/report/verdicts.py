@@ -40,7 +40,7 @@ def _lower_outcome(pairs: Sequence[tuple[Spread | None, Spread | None]]) -> tupl
     if better == len(diffs):
         return REPRODUCED, f"lower by more than {Z:g} SE in {better} of {len(diffs)}"
     if better == 0 and worse == 0:
-        return PARTLY, f"within {Z:g} SE in all {len(diffs)}: a tie, not a win"
+        return PARTLY, f"within {Z:g} SE in {len(diffs)} of {len(diffs)}: a tie, not a win"
     if better == 0:
         return NOT, f"higher by more than {Z:g} SE in {worse} of {len(diffs)}"
     return PARTLY, f"lower by more than {Z:g} SE in {better} of {len(diffs)}, higher in {worse}"
@@ -61,13 +61,15 @@ def _table1_ranking(t1: Mapping[str, RunGroup]) -> Verdict:
     d = difference(ode, res)
     ranking = _ranking({label: e.mean for label, e in errors.items() if e is not None})
     ours = (f"{tables.fmt(ode, '.2f', '%')} vs {tables.fmt(res, '.2f', '%')}; ODE-Net − ResNet "
-            f"{d.describe('.2f', ' pp')}; ranking of the means {ranking}")
+            f"{d.describe('.2f', ' pp')}")
+    ranking = f"; ranking of the means {ranking}"
     if not d.judged:
-        return Verdict(claim, NOT_JUDGED, ours, paper_text)
+        return Verdict(claim, NOT_JUDGED, ours + ranking, paper_text)
     if not d.clear:
-        return Verdict(claim, REPRODUCED, ours + f": within {Z:g} SE, they match", paper_text)
+        return Verdict(claim, REPRODUCED, f"{ours}: within {Z:g} SE, they match{ranking}", paper_text)
+    side = "lower" if d.diff < 0 else "higher"
     return Verdict(claim, REPRODUCED if d.diff < 0 else NOT,
-                   ours + f": the ODE-Net is {'lower' if d.diff < 0 else 'higher'} beyond {Z:g} SE", paper_text)
+                   f"{ours}: the ODE-Net is {side} beyond {Z:g} SE{ranking}", paper_text)
 
 
 def _param_ratio(t1: Mapping[str, RunGroup]) -> Verdict:
