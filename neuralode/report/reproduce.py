@@ -332,12 +332,14 @@ def main(argv: list[str] | None = None) -> int:
               + (f" ({data.note})" if data.note else ""), flush=True)
         rep = Reproduction(args.profile, runs_dir, data, make_command(args, report_dir, seeds, train=True),
                            args.threads, args.jobs, seeds)
-        signal.signal(signal.SIGTERM, _interrupt)
+        previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             failed = rep.train_all()
         except KeyboardInterrupt:
             print("\n[reproduce] interrupted; run the same command again to resume", file=sys.stderr)
             return 130
+        finally:  # a caller's own SIGTERM handling (a test runner's, a notebook's) is theirs again
+            signal.signal(signal.SIGTERM, previous)
         plan = rep.plan
     path = writer.write_report(args.profile, plan, runs_dir, report_dir)
     print(f"[reproduce] wrote {path}", flush=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -110,7 +111,9 @@ def test_reproduce_with_seeds_trains_each_run_per_seed_and_lists_thread_settings
     runs, report = tmp_path / "runs", tmp_path / "report"
     argv = ["--profile", "smoke", "--runs-dir", str(runs), "--report-dir", str(report), "--data", "fashion_mnist",
             "--data-root", str(write_tiny_idx(tmp_path / "idx")), "--jobs", "2", "--threads", "1", "--seeds", "0", "1"]
+    sigterm = signal.getsignal(signal.SIGTERM)
     assert reproduce.main(argv) == 1  # no ODE-Net checkpoint for Figure 3
+    assert signal.getsignal(signal.SIGTERM) == sigterm  # its Ctrl-C-like SIGTERM handling ends with it
     for seed in (0, 1):
         assert f"seed={seed}" in json.loads((runs / f"seed{seed}/table1/mlp/argv.json").read_text())
     text = (report / "REPORT.md").read_text()
