@@ -11,6 +11,9 @@ DATA ?= digits
 DATA_ROOT ?=
 # make reproduce: runs trained at once, each on its share of the cores
 JOBS ?= 2
+# make reproduce SEEDS=3: every run once per seed (0, 1, 2); the report gives mean ± sd over them
+SEEDS ?=
+SEEDS_ARG = $(if $(SEEDS),--seeds $(shell seq 0 $$(($(SEEDS) - 1))))
 # The demo per data set: on the embedded digits, profile=demo trains in full an ODE-Net of half the paper's
 # width (32 channels), which fits a minute on a 2-core CPU; MNIST-size data sets take profile=smoke.
 DEMO_ARGS_digits = profile=demo model.channels=32
@@ -45,11 +48,11 @@ bench-quick: ## Side-by-side benchmark vs torchdiffeq, small sizes (CPU)
 bench: ## Full side-by-side benchmark vs torchdiffeq (add ARGS="--device cuda" on a GPU)
 	$(PY) scripts/bench.py $(ARGS)
 
-reproduce: ## Run every experiment and write REPORT.md (PROFILE=smoke|quick|full REPORT_DIR=...)
-	$(PY) -m neuralode.report.reproduce --profile $(PROFILE) --report-dir $(REPORT_DIR) --jobs $(JOBS) $(ARGS)
+reproduce: ## Run every experiment and write REPORT.md (PROFILE=smoke|quick|full REPORT_DIR=... SEEDS=3)
+	$(PY) -m neuralode.report.reproduce --profile $(PROFILE) --report-dir $(REPORT_DIR) --jobs $(JOBS) $(SEEDS_ARG) $(ARGS)
 
 report: ## Rebuild REPORT.md from existing run outputs without training (REPORT_DIR=...)
-	$(PY) -m neuralode.report.reproduce --profile $(PROFILE) --report-dir $(REPORT_DIR) --no-train $(ARGS)
+	$(PY) -m neuralode.report.reproduce --profile $(PROFILE) --report-dir $(REPORT_DIR) --no-train $(SEEDS_ARG) $(ARGS)
 
 clean: ## Remove run outputs and caches (keeps .venv)
 	rm -rf outputs multirun .pytest_cache

@@ -19,6 +19,8 @@ import argparse
 import copy
 import dataclasses
 import json
+import math
+import os
 import statistics
 import sys
 import time
@@ -31,7 +33,7 @@ from torch import nn
 
 from neuralode.models.odeblock import ODEBlock, collect_solve_stats, reset_solve_stats
 from neuralode.report.plan import FIG3_ACCURACY_TOLS, FIG3_TOLS_LONG
-from neuralode.utils.files import write_text_atomic
+from neuralode.utils.files import read_json, write_text_atomic
 from neuralode.utils.runtime import synchronize
 
 # The reference is solved in float64 at this factor below the tightest tolerance swept: tight enough
@@ -117,18 +119,12 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tolerances: Sequ
     try:
         for i, tol in enumerate(tolerances):
             set_tolerance(model, tol, adjoint=True)
-            # Forward only: error, NFE and median wall time over `repeats` solves.
-            times = []
+            # Forward only: error and NFE of one solve (timed below, interleaved with the other tolerances).
             reset_solve_stats(model)
             with torch.no_grad():
-                for _ in range(max(1, repeats)):
-                    hooks.outputs = []
-                    synchronize(x.device)
-                    t0 = time.perf_counter()
-                    logits = model(x)
-                    synchronize(x.device)
-                    times.append(time.perf_counter() - t0)
-            nfe_forward = collect_solve_stats(model).nfe_forward / max(1, repeats)
+                hooks.outputs = []
+                logits = model(x)
+            nfe_forward = collect_solve_stats(model).nfe_forward
             state = hooks.take()
             # Forward + backward through the adjoint: the backward NFE of the same tolerance.
             reset_solve_stats(model)
@@ -149,20 +145,25 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tolerances: Sequ
                 "error_state": _rel_error(state, ref_state),
                 "error_logits": _rel_error(logits, ref_logits),
                 "accuracy": float((logits.argmax(1) == y).float().mean()),
-                "forward_time_s": statistics.median(times),
                 "train_step_time_s": train_step_s,
             })
             if progress:
                 r = rows[-1]
                 print(f"  figure3 [{i + 1}/{len(tolerances)}] tol={tol:.0e}  NFE fwd {r['nfe_forward']:.0f} "
-                      f"bwd {r['nfe_backward']:.0f}  error {r['error_state']:.2e}  "
-                      f"time {r['forward_time_s'] * 1e3:.0f} ms", flush=True)
+                      f"bwd {r['nfe_backward']:.0f}  error {r['error_state']:.2e}", flush=True)
+        load_before = os.getloadavg()[0]
+        for row, (wall, cpu) in zip(rows, _interleaved_forward_times(model, x, tolerances, repeats)):
+            row.update(forward_time_s=statistics.median(wall), forward_time_min_s=min(wall),
+                       forward_time_max_s=max(wall), forward_cpu_s=statistics.median(cpu))
+        load = {"before": load_before, "after": os.getloadavg()[0], "cpus": os.cpu_count()}
     finally:
         hooks.close()
         model.zero_grad(set_to_none=True)
     ratios = [r["nfe_backward"] / r["nfe_forward_train"] for r in rows if r["nfe_forward_train"] > 0]
     return {
         "tolerances": [float(t) for t in tolerances],
+        "timing_rounds": max(1, repeats),
+        "load_average_1min": load,
         "reference_tol": ref_tol,
         "batch_size": int(x.shape[0]),
         "rows": rows,
@@ -172,6 +173,26 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tolerances: Sequ
             "max": max(ratios) if ratios else None,
         },
     }
+
+
+@torch.no_grad()
+def _interleaved_forward_times(model: nn.Module, x: torch.Tensor, tolerances: Sequence[float],
+                               rounds: int) -> list[tuple[list[float], list[float]]]:
+    """Wall and process-CPU seconds of one forward pass per tolerance and round. Each round visits every
+    tolerance, alternating the order, so a change of load during the measurement falls on all tolerances
+    alike instead of on the ones measured last."""
+    times: list[tuple[list[float], list[float]]] = [([], []) for _ in tolerances]
+    for r in range(max(1, rounds)):
+        order = range(len(tolerances)) if r % 2 == 0 else reversed(range(len(tolerances)))
+        for i in order:
+            set_tolerance(model, tolerances[i])
+            synchronize(x.device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            model(x)
+            synchronize(x.device)
+            times[i][0].append(time.perf_counter() - t0)
+            times[i][1].append(time.process_time() - c0)
+    return times
 
 
 @torch.no_grad()
@@ -201,6 +222,38 @@ def accuracy_by_tolerance(model: nn.Module, images: torch.Tensor, labels: torch.
     return rows
 
 
+ROW_KEYS = ("tol", "nfe_forward", "nfe_forward_train", "nfe_backward", "error_state", "error_logits",
+            "forward_time_s", "accuracy")
+ACCURACY_KEYS = ("tol", "accuracy", "nfe_forward", "time_s")
+
+
+def _numbers(record: Any, keys: Sequence[str]) -> bool:
+    return isinstance(record, dict) and all(
+        isinstance(record.get(k), (int, float)) and not isinstance(record.get(k), bool) and math.isfinite(record[k])
+        for k in keys)
+
+
+def read_measurements(path: Path) -> dict[str, Any] | None:
+    """The measurements :func:`main` saved at ``path``; None if missing, or damaged or crafted (a field the
+    report prints is absent or not a finite number), so the report blanks Figure 3 instead of failing."""
+    data = read_json(path)
+    if not (_numbers(data, ("batch_size", "reference_tol")) and isinstance(data.get("rows"), list)
+            and all(_numbers(r, ROW_KEYS) for r in data["rows"])):
+        return None
+    ratio = data.get("backward_over_forward")
+    if ratio is not None and not _numbers(ratio, ("median", "min", "max")):
+        return None
+    accuracy = data.get("accuracy_by_tolerance") or []
+    if not isinstance(accuracy, list) or not all(_numbers(r, ACCURACY_KEYS) for r in accuracy):
+        return None
+    if accuracy and not _numbers(data, ("accuracy_images",)):
+        return None
+    return data
+
+
+HALF = (0.35, 0.65)  # backward/forward NFE ratios read as the paper's "roughly half"
+
+
 def verdict(data: dict[str, Any]) -> str:
     """One honest sentence on the paper's claim that backward NFE is about half of forward NFE."""
     r = data.get("backward_over_forward", {}) or {}
@@ -209,7 +262,7 @@ def verdict(data: dict[str, Any]) -> str:
         return "Backward NFE was not measured."
     method = data.get("solver") or data.get("method") or "the trained method"
     span = f"median {med:.2f}, range {r['min']:.2f}-{r['max']:.2f} over {len(data['rows'])} tolerances with {method}"
-    if 0.35 <= med <= 0.65:
+    if HALF[0] <= med <= HALF[1]:
         return f"Measured backward/forward NFE ratio: {span}. This agrees with the paper's 'roughly half'."
     return (f"Measured backward/forward NFE ratio: {span}. This does NOT reproduce the paper's claim that the "
             f"backward pass needs roughly half the evaluations of the forward pass.")
@@ -223,8 +276,7 @@ def observations(data: dict[str, Any] | None, nfe_over_epochs: tuple[Sequence[fl
         lo, hi = min(rows, key=lambda r: r["nfe_forward"]), max(rows, key=lambda r: r["nfe_forward"])
         out.append(f"(a) From {lo['nfe_forward']:.0f} to {hi['nfe_forward']:.0f} forward NFE the error of h(1) went "
                    f"from {lo['error_state']:.1e} to {hi['error_state']:.1e}.")
-        out.append(f"(b) Forward time went from {lo['forward_time_s'] * 1e3:.0f} ms to "
-                   f"{hi['forward_time_s'] * 1e3:.0f} ms over the same range.")
+        out.append(_timing_observation(lo, hi, data.get("timing_rounds", 1)))
     acc = (data or {}).get("accuracy_by_tolerance") or []
     if len(acc) >= 2:
         loose, tight = acc[0], acc[-1]
@@ -243,13 +295,30 @@ def observations(data: dict[str, Any] | None, nfe_over_epochs: tuple[Sequence[fl
     return out
 
 
+def _timing_observation(lo: dict[str, Any], hi: dict[str, Any], rounds: int) -> str:
+    """Panel (b) in words: the trend only where the timings' spread over the rounds is smaller than it."""
+    def ms(row: dict[str, Any]) -> str:
+        low, high = row.get("forward_time_min_s"), row.get("forward_time_max_s")
+        spread = f" (range {low * 1e3:.0f}-{high * 1e3:.0f})" if low is not None and rounds > 1 else ""
+        return f"{row['forward_time_s'] * 1e3:.0f} ms{spread}"
+
+    text = (f"(b) Median forward time over {rounds} interleaved round(s) went from {ms(lo)} to {ms(hi)} over the "
+            "same range.")
+    if rounds < 2 or "forward_time_min_s" not in lo:
+        return text + " One timing per tolerance: its spread is unknown, so no trend is drawn from it."
+    overlap = lo["forward_time_max_s"] >= hi["forward_time_min_s"] and hi["forward_time_max_s"] >= lo["forward_time_min_s"]
+    if overlap:
+        return text + " The ranges overlap: the spread is larger than the effect, so no trend is drawn."
+    return text
+
+
 def plot(data: dict[str, Any] | None, nfe_over_epochs: tuple[Sequence[float], Sequence[float]], out_png: Path,
          title: str = "", paper_solver: dict[str, Any] | None = None) -> Path:
     """Four panels as in the paper's Figure 3; panels without data say so instead of failing. ``paper_solver``:
     measurements with another method (the paper's LSODA), added to panel (c)."""
     from matplotlib.figure import Figure
 
-    from neuralode.report.figures import save_figure
+    from neuralode.report.figures import epoch_ticks, save_figure
 
     fig = Figure(figsize=(16, 3.6))
     axes = fig.subplots(1, 4)
@@ -257,12 +326,13 @@ def plot(data: dict[str, Any] | None, nfe_over_epochs: tuple[Sequence[float], Se
     nfe = [r["nfe_forward"] for r in rows]
     panels = [
         ("(a)", "Numerical error", [r["error_state"] for r in rows], True),
-        ("(b)", "Forward time (s)", [r["forward_time_s"] for r in rows], False),
+        ("(b)", "Forward time (s), median", [r["forward_time_s"] for r in rows], False),
         ("(c)", "NFE backward", [r["nfe_backward"] for r in rows], False),
     ]
     for ax, (tag, ylabel, ys, logy) in zip(axes[:3], panels):
         if rows:
             ax.plot(nfe, ys, "o-")
+            _label_tolerances(ax, rows, nfe, ys)
             if logy:
                 ax.set_yscale("log")
         else:
@@ -270,11 +340,16 @@ def plot(data: dict[str, Any] | None, nfe_over_epochs: tuple[Sequence[float], Se
         ax.set_xlabel("NFE forward")
         ax.set_ylabel(ylabel)
         ax.set_title(tag)
+    if rows and "forward_time_min_s" in rows[0]:  # the range over the timing rounds
+        axes[1].errorbar(nfe, [r["forward_time_s"] for r in rows], fmt="none", ecolor="gray", capsize=3,
+                         yerr=[[r["forward_time_s"] - r["forward_time_min_s"] for r in rows],
+                               [r["forward_time_max_s"] - r["forward_time_s"] for r in rows]])
     other = (paper_solver or {}).get("rows", [])
     if rows and other:
         axes[2].lines[0].set_label(data.get("method", "trained method"))
-        axes[2].plot([r["nfe_forward_train"] for r in other], [r["nfe_backward"] for r in other], "s-",
-                     label=paper_solver.get("solver") or paper_solver.get("method"))
+        other_x, other_y = [r["nfe_forward_train"] for r in other], [r["nfe_backward"] for r in other]
+        axes[2].plot(other_x, other_y, "s-", label=paper_solver.get("solver") or paper_solver.get("method"))
+        _label_tolerances(axes[2], other, other_x, other_y, left=True)  # apart from the trained method's labels
     if rows:
         lim = max(nfe + [r["nfe_backward"] for r in rows + other] + [r["nfe_forward_train"] for r in other]) * 1.05
         axes[2].plot([0, lim], [0, lim / 2], "--", color="gray", label="backward = forward / 2")
@@ -286,11 +361,21 @@ def plot(data: dict[str, Any] | None, nfe_over_epochs: tuple[Sequence[float], Se
     else:
         ax.text(0.5, 0.5, "no metrics.jsonl", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("Training epoch")
+    epoch_ticks(ax, xs)
     ax.set_ylabel("NFE forward")
     ax.set_title("(d)")
     if title:
         fig.suptitle(title)
     return save_figure(fig, out_png)
+
+
+def _label_tolerances(ax: Any, rows: Sequence[dict[str, Any]], xs: Sequence[float], ys: Sequence[float],
+                      left: bool = False) -> None:
+    """Write each point's tolerance beside it (right and below, or left and above): which tolerance gave which
+    NFE is what the panel is about."""
+    for row, x, y in zip(rows, xs, ys):
+        ax.annotate(f"{row['tol']:.0e}", (x, y), xytext=(-4, 4) if left else (4, -4), textcoords="offset points",
+                    fontsize=8, ha="right" if left else "left", va="bottom" if left else "top")
 
 
 def load_odenet(checkpoint: str | Path, batch_size: int | None, device: str = "cpu",
@@ -314,7 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--png", type=Path, help="also plot the figure here")
     parser.add_argument("--tolerances", type=float, nargs="+", default=list(FIG3_TOLS_LONG))
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3, help="forward passes timed per tolerance (median)")
+    parser.add_argument("--repeats", type=int, default=3, help="timing rounds, each timing one forward pass per "
+                        "tolerance, interleaved (median and range over the rounds)")
     parser.add_argument("--accuracy-tolerances", type=float, nargs="*", default=list(FIG3_ACCURACY_TOLS),
                         help="tolerances of the accuracy table (none: skip it)")
     parser.add_argument("--accuracy-images", type=int, help="test images of the accuracy table (default: all)")
@@ -357,12 +443,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_text_atomic(out, json.dumps(data, indent=1))
     print(f"figure3: {verdict(data)}\nfigure3: wrote {out}", flush=True)
     if args.png:
-        from neuralode.report.runs import read_metrics
+        from neuralode.report.runs import load_run
 
-        records = read_metrics(run_dir)
-        epochs = ([float(r.get("epoch", i)) for i, r in enumerate(records) if "nfe_forward" in r],
-                  [float(r["nfe_forward"]) for r in records if "nfe_forward" in r])
-        print(f"figure3: wrote {plot(data, epochs, args.png)}")
+        print(f"figure3: wrote {plot(data, load_run(run_dir).series('nfe_forward'), args.png)}")
     return 0
 
 

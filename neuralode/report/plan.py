@@ -1,11 +1,13 @@
 """Which training runs each profile of ``make reproduce`` needs, as ``neuralode train`` overrides.
 
 The plan is pure data, so the report can name every command and find every run dir without training.
-Each run lives in ``<runs dir>/<key>``; the key is readable (``table1/odenet``, ``table2/rnn_n30``).
+Each run lives in ``<runs dir>/<key>``; the key is readable (``table1/odenet``, ``table2/rnn_n30``). With
+several seeds every run is trained once per seed, in ``<runs dir>/seed<s>/<base>`` (``seed1/table1/odenet``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 from neuralode.report import paper
 
@@ -13,16 +15,26 @@ PROFILES = ("smoke", "quick", "full")
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 
 
+DEFAULT_SEED = 0  # the config's ``seed``: a one-seed plan with it keeps the single-seed layout
+
+
 @dataclass(frozen=True)
 class Run:
-    key: str                 # run dir relative to the runs dir, also the name shown in progress lines
+    base: str                # the experiment, e.g. ``table1/odenet``: the runs of all seeds share it
     section: str             # table1 | table2 | figure4 | figure5 | figure7
     overrides: tuple[str, ...]
     meta: dict[str, str | int] = field(default_factory=dict, compare=False)  # model, n_obs, data, size
+    seed: int | None = None  # None: the config's default seed, in the single-seed layout
+
+    @property
+    def key(self) -> str:
+        """Run dir relative to the runs dir, also the name shown in progress lines."""
+        return self.base if self.seed is None else f"seed{self.seed}/{self.base}"
 
     def command(self, run_dir: str) -> list[str]:
         """The ``neuralode train`` arguments for this run, writing into ``run_dir``."""
-        return ["train", *self.overrides, f"hydra.run.dir={run_dir}"]
+        seed = [] if self.seed is None else [f"seed={self.seed}"]
+        return ["train", *self.overrides, *seed, f"hydra.run.dir={run_dir}"]
 
 
 @dataclass(frozen=True)
@@ -53,7 +65,7 @@ class ProfileSpec:
     fig5_planar_flows: int             # K of the planar NF compared with the CNF in Figure 5
     figure3_tolerances: tuple[float, ...]
     figure3_batch: int
-    figure3_repeats: int = 3           # timed forward passes per tolerance (median)
+    figure3_repeats: int = 3           # interleaved timing rounds over the tolerances (median, range)
     # The test-time trade-off table: accuracy over the run's whole test set at these tolerances.
     figure3_accuracy_tolerances: tuple[float, ...] = FIG3_ACCURACY_TOLS
     # Panel (c) again with the paper's own solver family (solver=<name>), on the same checkpoint and batch.
@@ -70,8 +82,7 @@ SPECS: dict[str, ProfileSpec] = {
                          figure3_repeats=1, figure3_accuracy_tolerances=FIG3_TOLS_SHORT,
                          figure3_paper_tolerances=FIG3_TOLS_SHORT),
     "quick": ProfileSpec(cnf_sizes=paper.FIGURE4_WIDTHS, cnf_targets=FIG4_TARGETS[:1], cnf_datasets=FIG5_DATASETS,
-                         fig5_planar_flows=64, figure3_tolerances=FIG3_TOLS_LONG, figure3_batch=1000,
-                         figure3_repeats=1),
+                         fig5_planar_flows=64, figure3_tolerances=FIG3_TOLS_LONG, figure3_batch=1000),
     "full": ProfileSpec(cnf_sizes=paper.FIGURE4_WIDTHS, cnf_targets=FIG4_TARGETS, cnf_datasets=FIG5_DATASETS,
                         fig5_planar_flows=64, figure3_tolerances=FIG3_TOLS_LONG, figure3_batch=1000),
 }
@@ -83,8 +94,17 @@ def check_profile(profile: str) -> ProfileSpec:
     return SPECS[profile]
 
 
-def build_plan(profile: str, data: DataChoice) -> list[Run]:
-    """Every training run of ``profile``, in the order they are run (Table 1 first: Figure 3 needs it)."""
+def build_plan(profile: str, data: DataChoice, seeds: Sequence[int] = (DEFAULT_SEED,)) -> list[Run]:
+    """Every training run of ``profile``, once per seed, in the order they are run: seed by seed, so an
+    interrupted reproduction has whole seeds; Table 1 first in each (Figure 3 needs it)."""
+    runs = _experiments(profile, data)
+    if tuple(seeds) == (DEFAULT_SEED,):
+        return runs
+    return [replace(run, seed=seed) for seed in seeds for run in runs]
+
+
+def _experiments(profile: str, data: DataChoice) -> list[Run]:
+    """One run per experiment of ``profile``, at the config's default seed."""
     spec = check_profile(profile)
     p = f"profile={profile}"
     runs: list[Run] = []

@@ -8,8 +8,9 @@ threads) and each run's output goes to ``<runs dir>/logs/<key>.log``. On a CPU t
 through more work than one two-thread run: these models' small convolutions gain little from a second
 thread. A run whose ``metrics.jsonl`` already holds every epoch is skipped, and an
 interrupted one resumes from its checkpoint, so rerunning the same command continues where it stopped.
-A failed run is recorded and the others still run; the exit code is 1 if any failed. ``--no-train``
-only rebuilds the report from what is on disk.
+A failed run is recorded and the others still run; the exit code is 1 if any failed. ``--seeds 0 1 2``
+trains every run once per seed and the report gives each cell as mean ± sd over the seeds. ``--no-train``
+only rebuilds the report from what is on disk, and refuses (exit 2, nothing written) while a run is missing.
 """
 from __future__ import annotations
 
@@ -27,8 +28,16 @@ from pathlib import Path
 from typing import Any
 
 from neuralode.report import writer
-from neuralode.report.plan import FASHION_MNIST_ROOT, PROFILES, DataChoice, Run, build_plan, check_profile
-from neuralode.report.runs import read_metrics, read_run_config
+from neuralode.report.plan import (
+    DEFAULT_SEED,
+    FASHION_MNIST_ROOT,
+    PROFILES,
+    DataChoice,
+    Run,
+    build_plan,
+    check_profile,
+)
+from neuralode.report.runs import MetricsError, read_metrics, read_run_config
 from neuralode.utils.files import write_text_atomic
 
 CACHE_DIR = "~/.cache/neuralode/data"  # the data configs' default cache_dir
@@ -90,12 +99,30 @@ def expected_epochs(run: Run, run_dir: Path) -> int | None:
         return int(cfg.trainer.epochs)
     except Exception:  # config not composable here (e.g. a task not installed): trust the run's own record
         epochs = read_run_config(run_dir).get("trainer", {}).get("epochs")
-        return int(epochs) if isinstance(epochs, int) else None
+        return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) and epochs >= 1 else None
 
 
 def is_complete(run: Run, run_dir: Path) -> bool:
+    """Its ``metrics.jsonl`` holds epochs 1..n for every epoch the run's command trains (damaged: not)."""
+    try:
+        logged = len(read_metrics(run_dir))
+    except MetricsError:
+        return False
+    if not logged:  # nothing trained: no need to compose the config
+        return False
     epochs = expected_epochs(run, run_dir)
-    return epochs is not None and len(read_metrics(run_dir)) >= epochs
+    return epochs is not None and logged >= epochs
+
+
+def incomplete_runs(plan: list[Run], runs_dir: Path) -> list[str]:
+    return [run.key for run in plan if not is_complete(run, runs_dir / run.key)]
+
+
+def refusal(missing: list[str], n_runs: int, runs_dir: Path, make_them: str) -> str:
+    """The one line ``--no-train`` prints instead of a report built from missing runs."""
+    shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+    return (f"error: {len(missing)} of {n_runs} runs are missing or unfinished under {runs_dir} ({shown}); "
+            f"no report written. Make them with: {make_them}")
 
 
 def _fmt_s(seconds: float) -> str:
@@ -107,15 +134,19 @@ class Reproduction:
     """Runs the plan in order, logging each run's outcome to ``<runs dir>/reproduce.json``."""
 
     def __init__(self, profile: str, runs_dir: Path, data: DataChoice, command: str, threads: int | None,
-                 jobs: int = 1) -> None:
+                 jobs: int = 1, seeds: tuple[int, ...] = (DEFAULT_SEED,)) -> None:
         self.profile, self.runs_dir = profile, runs_dir
-        self.plan = build_plan(profile, data)
+        self.plan = build_plan(profile, data, seeds)
         self.jobs = jobs
         # N runs at once share the cores: each gets its share of threads unless --threads says otherwise.
         self.threads = threads or (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None)
+        self.extra = [f"trainer.threads={self.threads}"] if self.threads else []
+        if self.jobs > 1:
+            self.extra.append("trainer.progress=false")
         self.state: dict[str, Any] = writer.read_state(runs_dir)
         self.state.update({"profile": profile, "command": command, "machine": writer.machine_info(),
-                           "data": {"name": data.name, "root": data.root, "note": data.note}})
+                           "data": {"name": data.name, "root": data.root, "note": data.note},
+                           "seeds": list(seeds), "run_overrides": self.extra})
         self.state.setdefault("runs", {})
         self.start = time.perf_counter()
 
@@ -158,9 +189,6 @@ class Reproduction:
         executed = False
         failed: list[str] = []
         n = len(self.plan) + 1  # + the Figure 3 measurement
-        extra = [f"trainer.threads={self.threads}"] if self.threads else []
-        if self.jobs > 1:
-            extra.append("trainer.progress=false")
         running: dict[str, tuple[subprocess.Popen, float, str, int]] = {}
 
         def reap(block: bool) -> None:
@@ -183,8 +211,8 @@ class Reproduction:
                 if not executed:  # the report's dates are those of the invocation that last trained something
                     self.state["started"], executed = started, True
                 reap(block=False)
-                cmd = neuralode_command() + run.command(str(run_dir)) + extra
-                shown = writer.command_line(run, self.runs_dir)
+                cmd = neuralode_command() + run.command(str(run_dir)) + self.extra
+                shown = writer.command_line(run, self.runs_dir, self.extra)
                 log_file = self.runs_dir / "logs" / f"{run.key.replace('/', '_')}.log" if self.jobs > 1 else None
                 running[run.key] = (self._start(run.key, cmd, shown, i, n, log_file), time.perf_counter(), shown, i)
             reap(block=True)
@@ -209,23 +237,26 @@ class Reproduction:
         return failed
 
     def _figure3(self, i: int) -> bool:
-        """Figure 3 with the trained method, then panel (c) with the paper's solver family."""
-        run_dir = self.runs_dir / "table1" / "odenet"
+        """Figure 3 with the trained method, then panel (c) with the paper's solver family, on the first
+        seed's ODE-Net (one model: these are statistics of the solver on a trained model)."""
+        run_dir = self.runs_dir / next(r.key for r in self.plan if r.base == "table1/odenet")
         ckpt = run_dir / "checkpoints" / "last.pt"
         if not ckpt.is_file():
             self._log(f"[{i}/{i}] figure3: no ODE-Net checkpoint at {ckpt}; skipped")
             self.state["runs"]["figure3"] = {"status": "missing"}
             return False
         spec = check_profile(self.profile)
-        common = [str(run_dir), "--batch-size", str(spec.figure3_batch), "--repeats", str(spec.figure3_repeats)]
+        common = [str(run_dir), "--batch-size", str(spec.figure3_batch)]
         if self.threads and self.jobs == 1:
             common += ["--threads", str(self.threads)]
         measurements = [
             ("figure3", writer.FIGURE3_FILE,
-             ["--accuracy-tolerances", *(f"{t:g}" for t in spec.figure3_accuracy_tolerances),
+             ["--repeats", str(spec.figure3_repeats),
+              "--accuracy-tolerances", *(f"{t:g}" for t in spec.figure3_accuracy_tolerances),
               "--tolerances", *(f"{t:g}" for t in spec.figure3_tolerances)]),
+            # Panel (c) only: its NFE, not its timings, are what the paper's solver family is measured for.
             (f"figure3_{spec.figure3_paper_solver}", writer.FIGURE3_PAPER_SOLVER_FILE,
-             ["--solver", spec.figure3_paper_solver, "--accuracy-tolerances",
+             ["--repeats", "1", "--solver", spec.figure3_paper_solver, "--accuracy-tolerances",
               "--tolerances", *(f"{t:g}" for t in spec.figure3_paper_tolerances)]),
         ]
         ok = True
@@ -245,6 +276,19 @@ def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def make_command(args: argparse.Namespace, report_dir: Path, seeds: tuple[int, ...], *, train: bool) -> str:
+    """The ``make`` command line equivalent to this invocation, for the report and for messages."""
+    extra = [f"{flag} {value}" for flag, value in (("--runs-dir", args.runs_dir), ("--data-root", args.data_root),
+                                                   ("--threads", args.threads)) if value is not None]
+    extra += [f"--data {args.data}"] if args.data != "auto" else []
+    if seeds != (DEFAULT_SEED,) and seeds != tuple(range(len(seeds))):
+        extra.append("--seeds " + " ".join(map(str, seeds)))  # SEEDS=N means seeds 0..N-1
+    return (f"make {'reproduce' if train else 'report'} PROFILE={args.profile} REPORT_DIR={report_dir}"
+            + (f" JOBS={args.jobs}" if train and not args.no_train else "")  # make's default otherwise
+            + (f" SEEDS={len(seeds)}" if len(seeds) > 1 and seeds == tuple(range(len(seeds))) else "")
+            + (f' ARGS="{" ".join(extra)}"' if extra else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m neuralode.report.reproduce", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="smoke", choices=PROFILES)
@@ -259,35 +303,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch threads per run (trainer.threads); default: "
                         "torch's own with --jobs 1, else the CPU count divided by --jobs")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (default 1)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="train every run once per seed (make reproduce "
+                        "SEEDS=3: --seeds 0 1 2); default: the config's seed, or with --no-train the seeds trained")
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be >= 1")
     if args.jobs < 1:
         parser.error("--jobs must be >= 1")
+    if args.seeds is not None and (len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0):
+        parser.error(f"--seeds {' '.join(map(str, args.seeds))}: give distinct seeds >= 0, e.g. --seeds 0 1 2")
     report_dir = args.report_dir or Path(f"outputs/report-{args.profile}")
     runs_dir = args.runs_dir or Path(f"outputs/reproduce/{args.profile}")
-    extra = [f"{flag} {value}" for flag, value in (("--runs-dir", args.runs_dir), ("--data-root", args.data_root),
-                                                   ("--threads", args.threads)) if value is not None]
-    extra += [f"--data {args.data}"] if args.data != "auto" else []
-    command = (f"make {'report' if args.no_train else 'reproduce'} PROFILE={args.profile} REPORT_DIR={report_dir}"
-               + ("" if args.no_train else f" JOBS={args.jobs}") + (f' ARGS="{" ".join(extra)}"' if extra else ""))
+    state = writer.read_state(runs_dir)
+    seeds = tuple(args.seeds or (state.get("seeds") if args.no_train else None) or (DEFAULT_SEED,))
     failed: list[str] = []
     if args.no_train:
-        state = writer.read_state(runs_dir)
         d = state.get("data") or {}
         data = DataChoice(d.get("name", "mnist"), d.get("root"), d.get("note", ""))
-        plan = build_plan(args.profile, data)
+        plan = build_plan(args.profile, data, seeds)
+        missing = incomplete_runs(plan, runs_dir)
+        if missing:
+            print(refusal(missing, len(plan), runs_dir, make_command(args, report_dir, seeds, train=True)),
+                  file=sys.stderr)
+            return 2
     else:
         data = detect_data(args.data, args.data_root)
         print(f"[reproduce] profile {args.profile}: image data set {data.name}"
               + (f" ({data.note})" if data.note else ""), flush=True)
-        rep = Reproduction(args.profile, runs_dir, data, command, args.threads, args.jobs)
-        signal.signal(signal.SIGTERM, _interrupt)
+        rep = Reproduction(args.profile, runs_dir, data, make_command(args, report_dir, seeds, train=True),
+                           args.threads, args.jobs, seeds)
+        previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             failed = rep.train_all()
         except KeyboardInterrupt:
             print("\n[reproduce] interrupted; run the same command again to resume", file=sys.stderr)
             return 130
+        finally:  # a caller's own SIGTERM handling (a test runner's, a notebook's) is theirs again
+            signal.signal(signal.SIGTERM, previous)
         plan = rep.plan
     path = writer.write_report(args.profile, plan, runs_dir, report_dir)
     print(f"[reproduce] wrote {path}", flush=True)

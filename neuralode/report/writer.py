@@ -13,9 +13,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from neuralode.report import figure3, figures, paper, tables
+from neuralode.report import figure3, figures, paper, tables, verdicts
 from neuralode.report.plan import Run
-from neuralode.report.runs import RunSummary, load_run
+from neuralode.report.runs import RunGroup, RunSummary, load_run
 from neuralode.utils.files import read_json
 
 STATE_FILE = "reproduce.json"
@@ -51,8 +51,10 @@ def read_state(runs_dir: Path) -> dict[str, Any]:
     return state if isinstance(state, dict) else {}
 
 
-def command_line(run: Run, runs_dir: Path) -> str:
-    return "neuralode " + " ".join(shlex.quote(a) for a in run.command(str(runs_dir / run.key)))
+def command_line(run: Run, runs_dir: Path, run_overrides: list[str] | None = None) -> str:
+    """The run's ``neuralode train`` command, with the overrides reproduce added (threads, progress)."""
+    args = run.command(str(runs_dir / run.key)) + list(run_overrides or [])
+    return "neuralode " + " ".join(shlex.quote(a) for a in args)
 
 
 def _img(report_dir: Path, path: Path | None, alt: str) -> str:
@@ -63,6 +65,8 @@ def _img(report_dir: Path, path: Path | None, alt: str) -> str:
 
 def _status_line(state: dict[str, Any], key: str, run: RunSummary) -> str:
     st = state.get("runs", {}).get(key, {})
+    if run.damage:
+        return f"damaged, not used: {run.damage}"
     status = st.get("status", "complete" if run.exists else "missing")
     secs = st.get("seconds")
     return f"{status}" + (f", {secs:.0f} s" if isinstance(secs, (int, float)) else "")
@@ -81,25 +85,42 @@ def _first_png(run_dir: Path, pattern: str = "*.png") -> Path | None:
     return found[0] if found else None
 
 
+def group_runs(plan: list[Run], runs: dict[str, RunSummary]) -> tuple[list[Run], dict[str, RunGroup]]:
+    """The experiments of ``plan`` (its first seed's runs, in order) and each one's runs over the seeds."""
+    groups: dict[str, list[RunSummary]] = {}
+    experiments: list[Run] = []
+    for r in plan:
+        if r.base not in groups:
+            experiments.append(r)
+        groups.setdefault(r.base, []).append(runs[r.key])
+    return experiments, {base: RunGroup(members) for base, members in groups.items()}
+
+
 def write_report(profile: str, plan: list[Run], runs_dir: Path, report_dir: Path) -> Path:
-    """Write ``report_dir/REPORT.md`` and ``report_dir/figures/*.png``; return the report's path."""
+    """Write ``report_dir/REPORT.md`` and ``report_dir/figures/*.png``; return the report's path. Figures an
+    earlier build wrote and this one does not redraw are left alone: the report never deletes a file."""
     report_dir.mkdir(parents=True, exist_ok=True)
     fig_dir = report_dir / "figures"
-    for stale in fig_dir.glob("*.png"):  # figures of an earlier build that this one may not redraw
-        stale.unlink()
     state = read_state(runs_dir)
     runs = {r.key: load_run(runs_dir / r.key, with_params=r.section == "table1") for r in plan}
+    experiments, groups = group_runs(plan, runs)
+    seeds = sorted({r.seed for r in plan if r.seed is not None})
     by_section: dict[str, list[Run]] = {}
-    for r in plan:
+    for r in experiments:
         by_section.setdefault(r.section, []).append(r)
+    t1, t2, f4, f5, f7 = _keyed(by_section, groups)
+    odenet = t1.get("odenet")
+    f3_path = (odenet.run_dir if odenet else runs_dir / "table1/odenet") / FIGURE3_FILE
+    f3 = figure3.read_measurements(f3_path)
+    f3_paper = figure3.read_measurements(f3_path.with_name(FIGURE3_PAPER_SOLVER_FILE))
 
     out: list[str] = []
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     machine = state.get("machine") or machine_info()
     data = state.get("data") or {}
     t1_runs = by_section.get("table1", [])
-    data_name = data.get("name") or next((runs[r.key].cfg("data.name") for r in t1_runs if runs[r.key].exists),
-                                         None) or "unknown"
+    data_name = data.get("name") or next((groups[r.base].first.cfg("data.name") for r in t1_runs
+                                          if groups[r.base].exists), None) or "unknown"
     out += [
         f"# Reproduction report: Neural ODEs, profile `{profile}`",
         "",
@@ -122,16 +143,18 @@ def write_report(profile: str, plan: list[Run], runs_dir: Path, report_dir: Path
         f"- **Command:** `{state.get('command', f'make reproduce PROFILE={profile}')}`; "
         f"rebuild this report without training: `make report PROFILE={profile} REPORT_DIR=...`",
         f"- **Run outputs:** `{runs_dir}` (metrics.jsonl, TensorBoard events, checkpoints)",
+        _seeds_line(seeds),
         "",
     ]
     if profile != "full":
         out += [f"> Profile `{profile}` trains for far fewer epochs than the paper ({_profile_blurb(profile)}), so "
                 "the numbers below are not converged and are not expected to match the paper's; `full` uses the "
                 "paper's settings.", ""]
+    out += ["## What reproduced", "", verdicts.verdict_table(verdicts.verdicts(t1, f3, f3_paper, t2, f4, f5, f7)),
+            "", verdicts.HOW_JUDGED, ""]
 
     # Table 1
-    t1 = {r.meta["model"]: runs[r.key] for r in t1_runs}
-    mem_kind = next((run.last["peak_memory_kind"] for run in t1.values() if "peak_memory_kind" in run.last),
+    mem_kind = next((g.first.last["peak_memory_kind"] for g in t1.values() if "peak_memory_kind" in g.first.last),
                     "CUDA max allocated on a GPU, a CPU measure on CPU")
     out += ["## Table 1: image classification", "",
             tables.table1(t1), "",
@@ -148,20 +171,17 @@ def write_report(profile: str, plan: list[Run], runs_dir: Path, report_dir: Path
 
     # Figure 3
     out += ["## Figure 3: statistics of a trained ODE-Net", ""]
-    odenet = t1.get("odenet")
-    f3_path = (odenet.run_dir if odenet else runs_dir / "table1/odenet") / FIGURE3_FILE
-    f3 = read_json(f3_path)
-    f3_paper = read_json(f3_path.with_name(FIGURE3_PAPER_SOLVER_FILE))
-    nfe_epochs = odenet.series("nfe_forward") if odenet else ([], [])
+    nfe_epochs = odenet.first.series("nfe_forward") if odenet else ([], [])
     png = figure3.plot(f3, nfe_epochs, fig_dir / "figure3.png", title="ODE-Net: NFE vs error, time, backward NFE, epoch",
                        paper_solver=f3_paper)
     out += [_img(report_dir, png, "Figure 3"), ""]
     if f3:
-        out += [f"Measured on the trained `table1/odenet` checkpoint, one test batch of {f3['batch_size']} images, "
+        trained = f3_path.parent.relative_to(runs_dir).as_posix()
+        out += [f"Measured on the trained `{trained}` checkpoint, one test batch of {f3['batch_size']} images, "
                 f"{f3.get('method', 'dopri5')} at rtol = atol = tol; error = relative L2 error of the ODE block's "
                 f"output h(1) (and of the logits) against a float64 solve at tol {f3['reference_tol']:.0e}; "
                 "time = median forward pass; backward NFE from one forward+backward (adjoint) pass at the same tolerance.", "",
-                _figure3_table(f3), "",
+                _figure3_table(f3), "", _load_line(f3), "",
                 f"**Backward vs forward NFE:** {figure3.verdict(f3)}", ""]
         if f3.get("accuracy_by_tolerance"):
             out += [f"Test accuracy against the test-time tolerance ({f3.get('method', 'dopri5')}, the first "
@@ -170,8 +190,8 @@ def write_report(profile: str, plan: list[Run], runs_dir: Path, report_dir: Path
                     _accuracy_table(f3["accuracy_by_tolerance"]), ""]
         out += [" ".join(figure3.observations(f3, nfe_epochs)), ""]
         if f3_paper:
-            out += [f"**Panel (c) with the paper's solver family:** `solver={f3_paper['solver']}` "
-                    f"(method `{f3_paper['method']}`, options `{f3_paper['method_options']}`) on the same checkpoint "
+            out += [f"**Panel (c) with the paper's solver family:** `solver={f3_paper.get('solver')}` "
+                    f"(method `{f3_paper.get('method')}`, options `{f3_paper.get('method_options')}`) on the same checkpoint "
                     f"and {f3_paper['batch_size']} images, forward and adjoint alike; errors against the same "
                     "reference solve. Shown in panel (c) beside the trained method.", "",
                     _figure3_table(f3_paper), "",
@@ -183,7 +203,6 @@ def write_report(profile: str, plan: list[Run], runs_dir: Path, report_dir: Path
     out += ["Paper's claims: " + " ".join(paper.FIGURE3_CLAIMS), ""]
 
     # Table 2
-    t2 = {(r.meta["model"], int(r.meta["n_obs"])): runs[r.key] for r in by_section.get("table2", [])}
     out += ["## Table 2: latent ODE vs RNN on irregularly sampled spirals (test RMSE)", "",
             tables.table2(t2), "",
             _img(report_dir, figures.table2_plot(t2, fig_dir / "table2_rmse.png"), "Table 2 RMSE vs observations"), ""]
@@ -191,59 +210,53 @@ def write_report(profile: str, plan: list[Run], runs_dir: Path, report_dir: Path
     cells = [[(f"{paper.TABLE2_LABELS[m]}, n_obs={n_min}", _first_png(t2[(m, n_min)].run_dir, "spiral_*.png"))]
              for m in ("latent_ode", "rnn") if (m, n_min) in t2]  # one wide row of test spirals per model
     if cells:
-        out += [_img(report_dir, figures.image_grid(cells, fig_dir / "table2_spirals.png", (12, 3.4)),
+        out += [_img(report_dir, figures.image_grid(cells, fig_dir / "table2_spirals.png"),
                      "Spiral reconstructions"), ""]
     latent = t2.get(("latent_ode", n_min))
-    for name, title, size in (("latent_trajectories", "Fig. 8(c): latent trajectories", (6, 5.4)),
-                              ("latent_interpolation", "Fig. 9: one latent dimension varied", (14, 3.8))):
+    for name, title in (("latent_trajectories", "Fig. 8(c): latent trajectories"),
+                        ("latent_interpolation", "Fig. 9: one latent dimension varied")):
         png = _first_png(latent.run_dir, f"{name}_*.png") if latent else None
         if png is not None:
             out += [_img(report_dir, figures.image_grid([[(f"{title}, latent ODE n_obs={n_min}", png)]],
-                                                        fig_dir / f"{name}.png", size), title), ""]
+                                                        fig_dir / f"{name}.png"), title), ""]
 
     # Figure 7
-    f7 = {str(r.meta["model"]): runs[r.key] for r in by_section.get("figure7", [])}
     out += ["## Figure 7: latent ODE with a Poisson-process likelihood (event sequences, nats per test sequence)",
             "", _fig7_table(f7), "",
             "test NLL: the latent ODE's negative ELBO (an upper bound on its NLL), the constant rate's exact NLL; "
             "true NLL: the same test sequences under the intensity that generated them; intensity RMSE: learned "
             "against true rate on a dense grid over every test sequence.", "", f"Paper's claim: {paper.FIGURE7_CLAIM}", ""]
-    cells = [[(f"{m}", _first_png(run.run_dir, "poisson_*.png")) for m, run in f7.items() if run.exists]]
-    if cells[0]:
-        out += [_img(report_dir, figures.image_grid(cells, fig_dir / "figure7.png", (8, 7.2)), "Figure 7"), ""]
+    # One model per row, untitled: each PNG carries its own title naming the model.
+    cells = [[("", _first_png(run.run_dir, "poisson_*.png"))] for run in f7.values() if run.exists]
+    if cells:
+        out += [_img(report_dir, figures.image_grid(cells, fig_dir / "figure7.png"), "Figure 7"), ""]
 
     # Figure 4
-    f4 = {(str(r.meta["data"]), str(r.meta["model"]), int(r.meta["size"])): runs[r.key]
-          for r in by_section.get("figure4", [])}
     out += ["## Figure 4: normalizing flow vs continuous normalizing flow (density matching, KL)", "",
             tables.flows_table(f4, "kl", "KL"), "", f"Paper's claim: {paper.FIGURE4_CLAIM}", ""]
-    rows = []  # per target: the NF row (K = 2, 8, 32) above the CNF row (M = 2, 8, 32), as in the paper
-    for target in sorted({d for d, _, _ in f4}):
-        sizes = sorted({k for d, _, k in f4 if d == target})
-        for model, letter, label in (("planar", "k", "NF K"), ("cnf", "m", "CNF M")):
-            rows.append([(f"{target}: {label}={k}", _first_png(runs_dir / f"figure4/{target}/{model}_{letter}{k}"))
-                         for k in sizes])
+    # One run per row (a row of the paper's figure would shrink each run's panels below legibility): per
+    # target and size, the planar NF above the CNF of the same K = M.
+    rows = [[(f"{target}: {label}={k}", _first_png(f4[(target, model, k)].run_dir))]
+            for target, k in sorted({(d, k) for d, _, k in f4})
+            for model, label in (("planar", "planar NF K"), ("cnf", "CNF M")) if (target, model, k) in f4]
     if rows:
-        out += [_img(report_dir, figures.image_grid(rows, fig_dir / "figure4.png", (4.8, 1.8)), "Figure 4"), ""]
+        out += [_img(report_dir, figures.image_grid(rows, fig_dir / "figure4.png"), "Figure 4"), ""]
 
     # Figure 5
-    f5 = {(str(r.meta["data"]), str(r.meta["model"]), int(r.meta.get("size", 0))): runs[r.key]
-          for r in by_section.get("figure5", [])}
     out += ["## Figure 5: maximum-likelihood CNF on 2-D data (test NLL, nats)", ""]
     out += [_fig5_table(f5), "", f"Paper's claim: {paper.FIGURE5_CLAIM}", ""]
     f5_runs = by_section.get("figure5", [])
     for r in f5_runs:  # the paper's Figure 5: samples carried from noise (t=0) to data (t=1)
         if r.meta["model"] == "cnf":
-            copied = _copy_figure(runs_dir / r.key / "figures" / "snapshots.png",
+            copied = _copy_figure(groups[r.base].run_dir / "figures" / "snapshots.png",
                                   fig_dir / f"figure5_{r.meta['data']}_snapshots.png")
             if copied:
                 out += [_img(report_dir, copied, f"Figure 5 {r.meta['data']} snapshots"), ""]
-    rows = []  # learned densities, CNF beside the planar NF, one row per data set
-    for ds in sorted({str(r.meta["data"]) for r in f5_runs}):
-        rows.append([(f"{ds}: {_flow_label(r)}", runs_dir / r.key / "figures" / "density.png")
-                     for r in f5_runs if r.meta["data"] == ds])
+    # Learned densities, one run per row: per data set the CNF above the planar NF.
+    rows = [[(f"{r.meta['data']}: {_flow_label(r)}", groups[r.base].run_dir / "figures" / "density.png")]
+            for r in sorted(f5_runs, key=lambda r: str(r.meta["data"]))]
     if rows:
-        out += [_img(report_dir, figures.image_grid(rows, fig_dir / "figure5_density.png", (4.8, 2.4)),
+        out += [_img(report_dir, figures.image_grid(rows, fig_dir / "figure5_density.png"),
                      "Figure 5 densities"), ""]
 
     # Commands and status
@@ -251,7 +264,7 @@ def write_report(profile: str, plan: list[Run], runs_dir: Path, report_dir: Path
     for r in plan:
         run = runs[r.key]
         out.append(f"| `{r.key}` | {_status_line(state, r.key, run)} | {run.epochs} | "
-                   f"`{command_line(r, runs_dir)}` |")
+                   f"`{command_line(r, runs_dir, state.get('run_overrides'))}` |")
     missing = [r.key for r in plan if not runs[r.key].exists]
     out += [""]
     if missing:
@@ -265,6 +278,19 @@ def write_report(profile: str, plan: list[Run], runs_dir: Path, report_dir: Path
     return path
 
 
+def _keyed(by_section: dict[str, list[Run]], groups: dict[str, RunGroup]) -> tuple[dict, dict, dict, dict, dict]:
+    """Each section's runs keyed as its table reads them: Table 1 by model, Table 2 by (model, n_obs),
+    Figures 4 and 5 by (data, model, size), Figure 7 by model."""
+    def section(name: str) -> list[tuple[dict[str, str | int], RunGroup]]:
+        return [(r.meta, groups[r.base]) for r in by_section.get(name, [])]
+
+    return ({str(m["model"]): g for m, g in section("table1")},
+            {(str(m["model"]), int(m["n_obs"])): g for m, g in section("table2")},
+            {(str(m["data"]), str(m["model"]), int(m["size"])): g for m, g in section("figure4")},
+            {(str(m["data"]), str(m["model"]), int(m.get("size", 0))): g for m, g in section("figure5")},
+            {str(m["model"]): g for m, g in section("figure7")})
+
+
 def paper_label(model: str) -> str:
     return next((row.label for row in paper.TABLE1 if row.model == model), model)
 
@@ -273,19 +299,46 @@ def _flow_label(run: Run) -> str:
     return "CNF" if run.meta["model"] == "cnf" else f"planar NF K={run.meta.get('size')}"
 
 
+def _seeds_line(seeds: list[int]) -> str:
+    if len(seeds) < 2:
+        return "- **Seeds:** one run per experiment (`seed` of the config), so no run-to-run spread is known"
+    return (f"- **Seeds:** {len(seeds)} ({', '.join(map(str, seeds))}): every run trained once per seed; a cell is "
+            "mean ± sample sd (n = seeds with a result), curves show a ± 1 sd band; Figure 3 is measured on the "
+            "first seed's ODE-Net")
+
+
 def _profile_blurb(profile: str) -> str:
     return {"smoke": "minutes on a CPU, exercises every step; numbers are meaningless",
             "quick": "under an hour on a 2-core CPU; Table 1: two epochs over the full training set",
             "full": "the paper's settings, meant for a GPU"}.get(profile, "")
 
 
+def _time_ms(row: dict[str, Any]) -> str:
+    """Median forward time, with its range over the timing rounds and its process CPU time when measured."""
+    text = f"{row['forward_time_s'] * 1e3:.0f}"
+    if isinstance(row.get("forward_time_min_s"), float) and isinstance(row.get("forward_time_max_s"), float):
+        text += f" ({row['forward_time_min_s'] * 1e3:.0f}-{row['forward_time_max_s'] * 1e3:.0f})"
+    if isinstance(row.get("forward_cpu_s"), float):
+        text += f", CPU {row['forward_cpu_s'] * 1e3:.0f}"
+    return text
+
+
 def _figure3_table(f3: dict[str, Any]) -> str:
     rows = [[f"{r['tol']:.0e}", f"{r['nfe_forward']:.0f}", f"{r['nfe_backward']:.0f}",
              f"{r['nfe_backward'] / r['nfe_forward_train']:.2f}" if r["nfe_forward_train"] else "-",
-             f"{r['error_state']:.2e}", f"{r['error_logits']:.2e}", f"{r['forward_time_s'] * 1e3:.0f}",
+             f"{r['error_state']:.2e}", f"{r['error_logits']:.2e}", _time_ms(r),
              f"{r['accuracy'] * 100:.1f}%"] for r in f3["rows"]]
     return tables.markdown_table(["tol", "NFE fwd", "NFE bwd", "bwd/fwd", "error h(1)", "error logits",
-                                  "fwd time ms", "batch acc"], rows)
+                                  "fwd time ms: median (range), CPU", "batch acc"], rows)
+
+
+def _load_line(f3: dict[str, Any]) -> str:
+    load = f3.get("load_average_1min")
+    if not isinstance(load, dict) or not all(isinstance(load.get(k), (int, float)) for k in ("before", "after", "cpus")):
+        return "Load average not recorded (measured before it was)."
+    return (f"Timing: {f3.get('timing_rounds', 1)} round(s), each timing one forward pass per tolerance in "
+            f"alternating order; 1-minute load average {load['before']:.2f} before and {load['after']:.2f} after, "
+            f"on {load['cpus']} CPUs. CPU is this process's CPU time (all its threads).")
 
 
 def _accuracy_table(rows: list[dict[str, float]]) -> str:
@@ -294,14 +347,14 @@ def _accuracy_table(rows: list[dict[str, float]]) -> str:
                                    f"{r['time_s']:.1f}"] for r in rows])
 
 
-def _fig7_table(f7: dict[str, RunSummary]) -> str:
+def _fig7_table(f7: dict[str, RunGroup]) -> str:
     rows = [[model, tables.fmt(run.final("test_nll"), ".3f"), tables.fmt(run.final("true_nll"), ".3f"),
              tables.fmt(run.final("intensity_rmse"), ".3f"), tables.fmt(run.final("nfe_forward"), ".1f")]
             for model, run in f7.items()]
     return tables.markdown_table(["Model", "test NLL", "true NLL", "intensity RMSE", "NFE fwd"], rows)
 
 
-def _fig5_table(f5: dict[tuple[str, str, int], RunSummary]) -> str:
+def _fig5_table(f5: dict[tuple[str, str, int], RunGroup]) -> str:
     rows = []
     for ds in sorted({d for d, _, _ in f5}):
         cnf = next((run for (d, m, _), run in f5.items() if d == ds and m == "cnf"), None)

@@ -275,6 +275,10 @@ class MnistTask:
         ax = fig.add_subplot()
         im = ax.imshow(cm.numpy(), cmap="Blues")
         fig.colorbar(im, ax=ax)
+        for true, pred in zip(*torch.nonzero(cm, as_tuple=True)):  # the counts (none in empty cells)
+            count = int(cm[true, pred])
+            ax.text(int(pred), int(true), str(count), ha="center", va="center", fontsize=7,
+                    color="white" if count > cm.max().item() / 2 else "black")
         ax.set_xticks(range(n), self.class_names, rotation=60, ha="right", fontsize=7)
         ax.set_yticks(range(n), self.class_names, fontsize=7)
         ax.set_xlabel("predicted")

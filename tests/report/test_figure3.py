@@ -49,6 +49,11 @@ def test_figure3_measures_a_trained_odenet(tmp_path: Path) -> None:
     assert loose["nfe_backward"] > 0 and tight["nfe_backward"] > 0
     assert data["backward_over_forward"]["median"] > 0
     assert "backward/forward NFE ratio" in figure3.verdict(data)
+    # Timings: two interleaved rounds per tolerance, median inside the range, CPU time and load beside them.
+    assert data["timing_rounds"] == 2 and set(data["load_average_1min"]) == {"before", "after", "cpus"}
+    for row in data["rows"]:
+        assert row["forward_time_min_s"] <= row["forward_time_s"] <= row["forward_time_max_s"]
+        assert row["forward_cpu_s"] > 0
     assert png.is_file() and png.stat().st_size > 1000
     # The test-time trade-off: accuracy over the test images at each tolerance, with its NFE.
     acc_loose, acc_tight = data["accuracy_by_tolerance"]
@@ -83,3 +88,21 @@ def test_figure3_rejects_a_model_without_ode_block(tmp_path: Path, capsys: pytes
 def test_figure3_missing_checkpoint_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert figure3.main([str(tmp_path / "nowhere")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def _timed(nfe: float, median: float, low: float, high: float) -> dict:
+    return {"tol": 1e-3, "nfe_forward": nfe, "error_state": 1e-3, "forward_time_s": median,
+            "forward_time_min_s": low, "forward_time_max_s": high}
+
+
+def test_a_timing_trend_is_drawn_only_beyond_its_spread() -> None:
+    """On a busy machine a forward pass at 14 NFE once took longer than one at 50 NFE: noise, not a trend."""
+    noisy = {"timing_rounds": 3, "rows": [_timed(14, 4.5, 1.0, 5.0), _timed(50, 2.8, 2.5, 6.0)]}
+    (b,) = [line for line in figure3.observations(noisy, ([], [])) if line.startswith("(b)")]
+    assert "spread is larger than the effect" in b and "range 1000-5000" in b
+    clear = {"timing_rounds": 3, "rows": [_timed(14, 1.0, 0.9, 1.1), _timed(50, 3.0, 2.9, 3.2)]}
+    (b,) = [line for line in figure3.observations(clear, ([], [])) if line.startswith("(b)")]
+    assert "no trend" not in b and "from 1000 ms" in b
+    single = {"timing_rounds": 1, "rows": [_timed(14, 1.0, 1.0, 1.0), _timed(50, 3.0, 3.0, 3.0)]}
+    (b,) = [line for line in figure3.observations(single, ([], [])) if line.startswith("(b)")]
+    assert "spread is unknown" in b

@@ -6,22 +6,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from report_testdata import common, write_metrics
 
 from neuralode.report import paper, tables
 from neuralode.report.plan import DataChoice, build_plan
 from neuralode.report.reproduce import detect_data, is_complete
-from neuralode.report.runs import load_run, read_metrics
+from neuralode.report.runs import MetricsError, load_run, read_metrics
 from neuralode.report.writer import FIGURE3_FILE, FIGURE3_PAPER_SOLVER_FILE, STATE_FILE, write_report
-
-
-def write_metrics(run_dir: Path, records: list[dict]) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-
-
-def common(epoch: int, nfe: float = 0.0) -> dict:
-    return {"epoch": epoch, "train_loss": 1.0 / epoch, "nfe_forward": nfe, "nfe_backward": nfe / 2,
-            "peak_memory_mb": 12.5, "epoch_time_s": 3.0, "lr": 0.1}
 
 
 @pytest.fixture
@@ -236,3 +227,95 @@ def test_figure7_section_has_both_models_and_the_true_nll(runs_dir: Path, tmp_pa
     section = text.split("## Figure 7")[1].split("## Figure 4")[0]
     assert "| latent_ode_poisson | 4.321 | 3.111 | 0.456 | 60.0 |" in section
     assert "| poisson_const | 9.876 | 3.111 | 1.234 |" in section and "Paper's claim" in section
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(f.relative_to(folder)): (f.read_bytes(), f.stat().st_mtime_ns) for f in folder.rglob("*") if f.is_file()}
+
+
+def test_make_report_without_runs_refuses_and_leaves_a_committed_report_alone(tmp_path: Path) -> None:
+    """A fresh clone: `make report` must not replace the committed report with one built from nothing."""
+    import subprocess
+
+    repo_root = Path(__file__).resolve().parents[2]
+    clone = tmp_path / "clone"
+    report = clone / "docs/report-quick"
+    (report / "figures").mkdir(parents=True)
+    (report / "REPORT.md").write_text("# the committed report\n")
+    (report / "figures/table1_curves.png").write_bytes(b"\x89PNG committed")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(clone)]
+    subprocess.run(["git", "init", "-q", str(clone)], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "committed report"], check=True)
+    before = _snapshot(report)
+    done = subprocess.run(["make", "-s", "-f", str(repo_root / "Makefile"), "report", "PROFILE=quick",
+                           "REPORT_DIR=docs/report-quick", f"PY={sys.executable}"],
+                          cwd=clone, capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if not line.startswith("make")]  # make's own "Error 2"
+    assert len(lines) == 1 and lines[0].startswith("error:")
+    assert "table1/mlp" in lines[0] and "make reproduce PROFILE=quick REPORT_DIR=docs/report-quick" in lines[0]
+    assert _snapshot(report) == before
+    status = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True, check=True).stdout
+    assert status == ""
+
+
+def test_report_never_deletes_figures_it_did_not_write(runs_dir: Path, tmp_path: Path) -> None:
+    report = tmp_path / "report"
+    (report / "figures").mkdir(parents=True)
+    mine = report / "figures/my_notes.png"
+    mine.write_bytes(b"not the report's")
+    write_report("smoke", build_plan("smoke", DataChoice("fashion_mnist")), runs_dir, report)
+    assert mine.read_bytes() == b"not the report's"
+
+
+@pytest.mark.parametrize("lines", [
+    ['{"test_acc": 0.5}'],                            # no epoch at all: not an epoch
+    ['{"epoch": 1}', '{"epoch": 3}'],                 # a gap
+    ['{"epoch": 0}'], ['{"epoch": true}'], ['{"epoch": "1"}'], ['{"epoch": 1.0}'],
+])
+def test_a_line_that_is_not_the_next_epoch_is_no_epoch(tmp_path: Path, lines: list[str]) -> None:
+    run = next(r for r in build_plan("smoke", DataChoice("mnist")) if r.key == "table1/mlp")
+    run_dir = tmp_path / "mlp"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(MetricsError, match="metrics.jsonl"):
+        read_metrics(run_dir)
+    assert not is_complete(run, run_dir)  # profile=smoke trains one epoch; none of these is one
+    summary = load_run(run_dir)
+    assert not summary.exists and "metrics.jsonl" in summary.damage
+
+
+def test_damaged_metrics_blank_the_run_and_the_runs_table_says_why(runs_dir: Path, tmp_path: Path) -> None:
+    (runs_dir / "table1/mlp/metrics.jsonl").write_text('{"epoch": 1, "test_acc": 0.8123}\n{"epoch": 5, "test_acc": 0.99}\n')
+    text = write_report("smoke", build_plan("smoke", DataChoice("fashion_mnist")), runs_dir, tmp_path / "r").read_text()
+    assert "18.77%" not in text and "| 1-Layer MLP | missing |" in text
+    assert "damaged, not used" in text.split("## Runs")[1]
+
+
+def test_crafted_checkpoint_and_figure3_file_blank_their_cells(runs_dir: Path, tmp_path: Path) -> None:
+    from neuralode.utils.checkpoint import save_checkpoint
+
+    odenet = runs_dir / "table1/odenet"
+    write_metrics(odenet, [{**common(1, 20.0), "test_acc": 0.9}])  # logged before n_params existed
+    save_checkpoint(odenet / "checkpoints/last.pt", {"model": {"w": [1, 2, 3]}, "optimizer": {}, "epoch": 1,
+                                                     "config": {}, "rng": {}})
+    (odenet / FIGURE3_FILE).write_text(json.dumps({"batch_size": 8, "reference_tol": 1e-9,
+                                                   "rows": [{"tol": "1e-3", "nfe_forward": None}]}))
+    text = write_report("smoke", build_plan("smoke", DataChoice("fashion_mnist")), runs_dir, tmp_path / "r").read_text()
+    assert "| ODE-Net | 10.00% | 0.42% | missing |" in text
+    assert "Figure 3 measurements missing" in text
+
+
+def test_tiled_task_figures_keep_their_own_pixel_size(tmp_path: Path) -> None:
+    """Shrinking a task's PNG into a small grid cell made its titles about 5 px tall."""
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    from neuralode.report.figures import image_grid
+
+    src = tmp_path / "density.png"
+    Figure(figsize=(9.6, 3.4)).savefig(src, dpi=100)  # 960 x 340, as the cnf_match task writes
+    out = image_grid([[("ring_modes: CNF M=2", src)], [("", None)]], tmp_path / "grid.png")
+    with Image.open(out) as im:
+        assert im.width == 960 and im.height > 2 * 340
