@@ -35,6 +35,7 @@ class Run:
     config: DictConfig
     metrics: list[dict[str, Any]]
     task: Task = field(repr=False)
+    task_module: str | None = None  # a plug-in task's module, as given by the caller (never read from a file)
 
     @property
     def model(self) -> nn.Module:
@@ -51,7 +52,7 @@ class Run:
             changes.update(method=preset["method"], options=dict(preset["options"]))
         if options:
             changes["options"] = {**changes.get("options", {}), **options}
-        return evaluate_checkpoint(self.run_dir, changes, device=device)
+        return evaluate_checkpoint(self.run_dir, changes, device=device, task_module=self.task_module)
 
 
 def compose(*overrides: str) -> tuple[DictConfig, Path]:
@@ -82,11 +83,13 @@ def train(*overrides: str, run_dir: str | Path | None = None) -> Run:
     cfg, default_dir = compose(*overrides)
     run_dir = Path(run_dir) if run_dir is not None else default_dir
     train_run(cfg, run_dir)
-    return load_run(run_dir)
+    return load_run(run_dir, task_module=cfg.task.get("module"))  # the module the overrides chose, if a plug-in
 
 
-def load_run(run_dir: str | Path, device: str = "auto") -> Run:
-    """The run trained into ``run_dir``: config and weights from its last checkpoint, metrics from metrics.jsonl."""
-    task, ckpt, _ = restore_task(run_dir, device=device)
+def load_run(run_dir: str | Path, device: str = "auto", task_module: str | None = None) -> Run:
+    """The run trained into ``run_dir``: config and weights from its last checkpoint, metrics from metrics.jsonl.
+    ``task_module``: a plug-in task's module, which a checkpoint's own word never selects (shipped tasks need
+    none)."""
+    task, ckpt, _ = restore_task(run_dir, device=device, task_module=task_module)
     return Run(run_dir=Path(run_dir), config=OmegaConf.create(ckpt["config"]),
-               metrics=MetricsFile(Path(run_dir) / "metrics.jsonl").records(), task=task)
+               metrics=MetricsFile(Path(run_dir) / "metrics.jsonl").records(), task=task, task_module=task_module)

@@ -8,6 +8,7 @@ from runner_helpers import SEARCHPATH, TOY
 
 from neuralode import api
 from neuralode.config import ConfigError
+from neuralode.utils.checkpoint import CheckpointError
 
 
 def test_train_load_and_evaluate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -16,7 +17,9 @@ def test_train_load_and_evaluate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert run.run_dir == Path("outputs/toy/solver.options.step_size=0.25,solver=rk4")  # the CLI's run dir
     assert [r["epoch"] for r in run.metrics] == [1] and run.config.solver.method == "rk4"
 
-    loaded = api.load_run(run.run_dir)
+    with pytest.raises(CheckpointError, match="no module is imported on a file's word"):
+        api.load_run(run.run_dir)  # a plug-in task's module comes from the caller, never from the checkpoint
+    loaded = api.load_run(run.run_dir, task_module="toy_task")
     assert loaded.metrics == run.metrics and loaded.config == run.config
     assert all((a == b).all() for a, b in zip(loaded.model.state_dict().values(), run.model.state_dict().values()))
 
