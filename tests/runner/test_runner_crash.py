@@ -145,3 +145,20 @@ def test_without_the_checkpoints_records_a_missing_epoch_refuses_the_resume(trai
                                            r"\(damaged lines: 2\); put the missing lines back"):
         train_toy("trainer.epochs=3")
     assert metrics.read_text() == damaged and load_checkpoint(path)["epoch"] == 2
+
+
+def test_a_stopped_fresh_start_keeps_the_older_runs_tensorboard_curves(train_toy):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import neuralode.train as trainer
+    from neuralode.utils.interrupt import Interrupted, StopSignals
+
+    class StopAtOnce(StopSignals):
+        def check(self, where: str) -> None:
+            raise Interrupted(2, where)
+
+    run_dir, _ = train_toy("trainer.epochs=2")
+    with pytest.raises(Interrupted):
+        trainer._train(toy_config("trainer.epochs=2", "trainer.resume=false"), run_dir, StopAtOnce(), lambda: None)
+    events = EventAccumulator(str(run_dir)).Reload()
+    assert [e.step for e in events.Scalars("loss/train")] == [1, 2]
