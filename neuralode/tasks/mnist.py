@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 class MnistTaskConfig:
     name: str = "mnist"
     default_tol: float = 1e-3
-    lr: float = 0.1  # for batch 128; the optimiser uses lr * data.batch_size / 128
+    lr: float = 0.1  # for batch 128; the optimiser uses lr * min(data.batch_size, training images) / 128
     momentum: float = 0.9
     weight_decay: float = 0.0
     # step: the paper's decays x lr_decay_factor at fractions lr_decay_at of the training steps (60, 100, 140
@@ -238,7 +238,9 @@ class MnistTask:
 
     def configure_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
         t = self.cfg_task
-        lr = t.lr * self.cfg_data.batch_size / 128
+        # Scaled by the batch the steps actually see: data.batch_size=10**9 trains on every image at once, and
+        # would otherwise scale the lr by millions.
+        lr = t.lr * min(self.cfg_data.batch_size, len(self.train_labels)) / 128
         opt = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=t.momentum, weight_decay=t.weight_decay)
         return opt, torch.optim.lr_scheduler.LambdaLR(opt, self.lr_factor)
 

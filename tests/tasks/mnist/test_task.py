@@ -74,15 +74,22 @@ def test_step_schedule_decays_at_the_papers_fractions_of_the_steps(idx_root: Pat
     task = build(make_cfg(idx_root, **{"trainer.epochs": 160, "data.batch_size": 64}), torch.device("cpu"))
     assert task.lr_interval == "step" and task.steps_per_epoch() == 1
     opt, _ = task.configure_optimizers()
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.05) and opt.param_groups[0]["momentum"] == 0.9
+    lr = 0.1 * N_TRAIN / 128  # the batch of 64 holds all N_TRAIN images: the lr scales by what a step sees
+    assert opt.param_groups[0]["lr"] == pytest.approx(lr) and opt.param_groups[0]["momentum"] == 0.9
     lrs = _lrs(task, 160)  # one step per epoch: the paper's decays after epochs 60, 100 and 140
-    assert lrs[59] == pytest.approx(0.05) and lrs[60] == pytest.approx(0.005)
-    assert lrs[99] == pytest.approx(0.005) and lrs[100] == pytest.approx(5e-4)
-    assert lrs[139] == pytest.approx(5e-4) and lrs[140] == pytest.approx(5e-5)
+    assert lrs[59] == pytest.approx(lr) and lrs[60] == pytest.approx(lr / 10)
+    assert lrs[99] == pytest.approx(lr / 10) and lrs[100] == pytest.approx(lr / 100)
+    assert lrs[139] == pytest.approx(lr / 100) and lrs[140] == pytest.approx(lr / 1000)
     # Two epochs of 3 steps: the decays land inside the epochs, at 37.5 % / 62.5 % / 87.5 % of the 6 steps.
     task = build(make_cfg(idx_root, **{"trainer.epochs": 2}), torch.device("cpu"))
     assert task.steps_per_epoch() == 3
     assert _lrs(task, 6) == pytest.approx([0.0125, 0.0125, 0.0125, 0.00125, 0.000125, 0.000125])
+
+
+def test_a_batch_larger_than_the_training_set_scales_the_lr_by_the_images_it_holds(idx_root: Path) -> None:
+    task = build(make_cfg(idx_root, **{"data.batch_size": 10**9}), torch.device("cpu"))
+    opt, _ = task.configure_optimizers()
+    assert task.steps_per_epoch() == 1 and opt.param_groups[0]["lr"] == pytest.approx(0.1 * N_TRAIN / 128)
 
 
 def test_cosine_schedule_anneals_to_zero_over_the_steps(idx_root: Path) -> None:
