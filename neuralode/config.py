@@ -18,13 +18,10 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 import neuralode
+from neuralode.errors import ConfigError
 from neuralode.solvers import SOLVERS
 from neuralode.solvers.odeint import check_options
 from neuralode.utils.rundir import safe_name
-
-
-class ConfigError(ValueError):
-    """A config value is wrong; the message says which key, why, and what would be right."""
 
 
 @dataclass

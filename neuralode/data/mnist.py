@@ -20,6 +20,7 @@ import torch
 import torchvision
 
 from neuralode.data.idx import IDXError, read_idx
+from neuralode.errors import DataError
 
 # Config name -> torchvision class; the class name is also torchvision's folder name.
 DATASETS: dict[str, type[torchvision.datasets.MNIST]] = {
@@ -31,10 +32,6 @@ _STEMS = {
     True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-
-
-class DataError(ValueError):
-    """Dataset files missing or unreadable; the message says where we looked and how to fix it."""
 
 
 @dataclass

@@ -14,13 +14,19 @@ from neuralode.solvers.adjoint import inherited_options
 
 log = logging.getLogger(__name__)
 
-# The runner's step cap for adaptive solves (the public odeint has none): dynamics a bad learning rate blew up
-# end in one clear line instead of an epoch that never finishes. solver.options.max_num_steps overrides it.
-RUNNER_MAX_NUM_STEPS = 10_000
-# The runner's step control for the adaptive RK methods: the PI controller took fewer evaluations than the
-# public API's torchdiffeq-compatible default on the ODE-Net adjoint step and the spiral latent ODE
-# (docs/benchmarks.md, section 5).
+# The runner's solver policy for the adaptive methods, where it departs from the public odeint's torchdiffeq
+# defaults; it keeps the numerics every run so far was trained with, so that runs stay comparable. The config's
+# solver.options override each entry.
+# - A step cap over each whole solve (the public odeint has none; its max_num_steps counts per output interval):
+#   dynamics a bad learning rate blew up end in one clear line instead of an epoch that never finishes.
+RUNNER_MAX_STEPS_PER_SOLVE = 10_000
+# - The PI controller: it took fewer evaluations than the public API's torchdiffeq-compatible default on the
+#   ODE-Net adjoint step and the spiral latent ODE (docs/benchmarks.md, section 5).
 RUNNER_CONTROLLER = "pi"
+# - Time in the state's dtype (float32 promotes to it) rather than odeint's default float64.
+RUNNER_TIME_DTYPE = "float32"
+RUNNER_OPTIONS = {"max_steps_per_solve": RUNNER_MAX_STEPS_PER_SOLVE, "controller": RUNNER_CONTROLLER,
+                  "dtype": RUNNER_TIME_DTYPE}
 
 
 @dataclass
@@ -37,7 +43,8 @@ class SolverSpec:
     @classmethod
     def from_config(cls, solver_cfg: Mapping[str, Any], default_tol: float) -> "SolverSpec":
         """Resolve ``tol``/``rtol``/``atol``: ``tol`` (or the task's default) sets both, each may override.
-        The adaptive RK methods get the runner's step cap and controller unless the options set them."""
+        The adaptive methods get the runner's policy (``RUNNER_OPTIONS``, each where the method takes it) unless
+        the options set it."""
         tol = solver_cfg.get("tol")
         tol = default_tol if tol is None else tol
         rtol = solver_cfg.get("rtol")
@@ -45,12 +52,11 @@ class SolverSpec:
         method = solver_cfg["method"]
         options = dict(solver_cfg.get("options") or {})
         valid = SOLVERS[method].valid_options if method in SOLVERS else ()
-        if "max_num_steps" in valid:
-            options.setdefault("max_num_steps", RUNNER_MAX_NUM_STEPS)
-        if "controller" in valid:
-            options.setdefault("controller", RUNNER_CONTROLLER)
+        for key, value in RUNNER_OPTIONS.items():
+            if key in valid:
+                options.setdefault(key, value)
         adjoint = bool(solver_cfg.get("adjoint", True))
-        if not adjoint and not getattr(SOLVERS.get(method), "backpropagates", True):
+        if not adjoint and method in SOLVERS and not SOLVERS[method].backpropagates:
             # e.g. solver=lsoda in a task that backpropagates through the solver: the adjoint is its only gradient.
             log.info("solver.method=%s cannot backpropagate through its steps: using the adjoint", method)
             adjoint = True
@@ -67,7 +73,7 @@ class SolverSpec:
         """The adjoint solve's options: the forward ones (less ``norm``) updated by ``adjoint_options``.
 
         odeint_adjoint drops the forward options once any adjoint option is given (torchdiffeq's rule);
-        from a config, ``solver.adjoint_options.norm=seminorm`` should not also lose ``max_num_steps``.
+        from a config, ``solver.adjoint_options.norm=seminorm`` should not also lose ``max_steps_per_solve``.
         """
         if not self.adjoint_options:
             return None

@@ -25,6 +25,7 @@ import torch
 
 from neuralode.solvers.common import Counter, Dynamics, StepCallbacks, nudged
 from neuralode.solvers.grid import grid_outputs, step_grid, step_until_event
+from neuralode.solvers.method import Method
 from neuralode.solvers.norms import Norm, Tolerance
 from neuralode.solvers.rk import stage_derivatives
 from neuralode.solvers.tableaus import TABLEAUS
@@ -73,14 +74,13 @@ def _is_integer(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and int(value) == value
 
 
-class Adams:
+class Adams(Method):
     """``explicit_adams`` (``implicit=False``) or ``implicit_adams`` on a fixed grid; the grid options
     (``step_size``, ``grid_constructor``, ``interp``, ``perturb``) mean what they mean for the fixed-step
     Runge-Kutta methods."""
 
-    adaptive = False
-    increasing_time_only = False
     valid_callbacks = frozenset({"callback_step"})
+    supports_events = True
 
     # The grid is built exactly as for the fixed-step Runge-Kutta methods (the method never reads self).
     def __init__(self, name: str, implicit: bool) -> None:

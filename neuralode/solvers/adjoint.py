@@ -203,9 +203,9 @@ class _AdjointFunction(torch.autograd.Function):
             for i in range(n_out - 1, 0, -1):
                 if need_t:
                     # y(t_i) moves with t_i at speed f(t_i, y_i); nothing else depends on t_i (i > 0).
-                    grad_t[i] = grad_ys[i] @ f(t[i], ys[i])
+                    grad_t[i] = grad_ys[i] @ f(t[i].to(dtype), ys[i])
                 z = torch.cat([ys[i], a, a_params])
-                pair = torch.stack([t[i], t[i - 1]])
+                pair = torch.stack([t[i], t[i - 1]]).to(bwd.t.dtype)  # the backward method's time dtype
                 options = {**bwd.options, "first_step": first_step} if carry and first_step else bwd.options
                 z = integrate(bwd.solver, augmented, z, pair, [t_host[i], t_host[i - 1]], bwd.rtol, bwd.atol,
                               options, spec.norm, counter, spec.adjoint_callbacks, land=True)[-1]
@@ -214,7 +214,7 @@ class _AdjointFunction(torch.autograd.Function):
                 a_params = z[2 * n:]
             if need_t:
                 # Moving t_0 shifts every later output by -Phi f(t_0, y_0); ys[0] = y0 does not move.
-                grad_t[0] = -(a - grad_ys[0]) @ f(t[0], ys[0])
+                grad_t[0] = -(a - grad_ys[0]) @ f(t[0].to(dtype), ys[0])
                 if spec.event_fn is not None:  # t[1] only gave the direction (the event time gets no gradient)
                     grad_t[1] = 0
         if spec.stats is not None:

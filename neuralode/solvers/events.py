@@ -83,7 +83,7 @@ def integrate_until_event(prob: Problem, f: Dynamics, event_fn: EventFn, y0: tor
         raise ValueError("event_fn cannot be used inside CUDA-graph capture (each step reads the event's sign)")
     if len(t_host) != 2:
         raise ValueError(f"with event_fn, t must hold 2 times [t0, t1] (t1 gives only the direction), got {len(t_host)}")
-    if not hasattr(solver, "solve_until_event"):
+    if not solver.supports_events:
         raise ValueError(f"method {solver.name!r} does not support event_fn; use a Runge-Kutta or Adams method "
                          "(e.g. 'dopri5', or 'rk4' with options['step_size'])")
     g = first_crossing(event_fn, prob.structure, t[0], y0)

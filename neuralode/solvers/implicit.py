@@ -28,6 +28,7 @@ import torch
 from neuralode.solvers.common import Counter, Dynamics, StepCallbacks
 from neuralode.solvers.grid import grid_outputs, stage_times, step_grid, step_until_event
 from neuralode.solvers.implicit_tableaus import ImplicitTableau
+from neuralode.solvers.method import Method
 from neuralode.solvers.norms import Norm
 from neuralode.solvers.rk import FixedGridRK
 
@@ -39,16 +40,15 @@ _DEFAULT_MAX_ITERS = 100  # torchdiffeq's default
 _REMEASURE_AFTER = 8
 
 
-class ImplicitRK:
+class ImplicitRK(Method):
     """Fixed steps on the grid of explicit fixed-grid methods (``t``, ``step_size`` or ``grid_constructor``), with
     their ``perturb`` and output interpolation (``interp``: ``linear`` or ``cubic``). ``max_iters``: most Newton
     iterations per step (per stage of a diagonally implicit method); a step that does not converge keeps its last
     iterate and the solve warns, as torchdiffeq does."""
 
-    adaptive = False
-    increasing_time_only = False
     valid_options = FixedGridRK.valid_options + ("max_iters",)
     valid_callbacks = frozenset({"callback_step"})
+    supports_events = True
 
     def __init__(self, tableau: ImplicitTableau) -> None:
         self.tableau = tableau

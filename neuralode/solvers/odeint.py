@@ -38,15 +38,27 @@ _OPTION_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "min_step": (lambda v: v >= 0, ">= 0"),
     "max_step": (lambda v: v > 0, "> 0"),
     "max_num_steps": (lambda v: int(v) == v and v > 0, "a positive integer"),
+    "max_steps_per_solve": (lambda v: int(v) == v and v > 0, "a positive integer"),
     "max_iters": (lambda v: int(v) == v and v > 0, "a positive integer"),
     "grid_constructor": (callable, "a callable (func, y0, t) -> 1-D tensor of step times"),
     "interp": (lambda v: isinstance(v, str) and v in ("linear", "cubic"), "'linear' or 'cubic'"),
     "perturb": (lambda v: isinstance(v, bool), "True or False"),
     "step_t": (lambda v: _finite_times(v), "a 1-D tensor or sequence of finite times"),
     "jump_t": (lambda v: _finite_times(v), "a 1-D tensor or sequence of finite times"),
-    "dtype": (lambda v: isinstance(v, torch.dtype) and v.is_floating_point, "a floating torch.dtype (e.g. torch.float64)"),
+    "dtype": (lambda v: _time_dtype(v) is not None, "torch.float32 or torch.float64 (or its name)"),
     "controller": (lambda v: isinstance(v, str) and v in CONTROLLERS, " or ".join(map(repr, CONTROLLERS))),
 }
+
+
+# Time dtypes by the names a config can give (options['dtype']='float64' from the command line).
+_TIME_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _time_dtype(value: Any) -> torch.dtype | None:
+    """``options['dtype']`` as a torch dtype: ``torch.float32``/``torch.float64`` or their names; else None."""
+    if isinstance(value, str):
+        return _TIME_DTYPES.get(value)
+    return value if value in _TIME_DTYPES.values() else None
 
 
 def _finite_times(times: Any) -> bool:
@@ -318,9 +330,13 @@ class Problem:
         atol = check_tolerance(what + "atol", atol, structure)
         check_not_both_zero(what, solver, rtol, atol)
         opts = check_options(solver, options, what=what + "options")
-        # Adaptive methods may hold time in a wider dtype than the state (options['dtype'], as torchdiffeq).
-        time_dtype = torch.promote_types(opts.get("dtype", structure.dtype), structure.dtype)
-        t, t_host = check_times(t, time_dtype, structure.device) if like is None else (like.t, like.t_host)
+        # Adaptive methods hold time in float64 unless options['dtype'] says otherwise, as torchdiffeq does: a step
+        # is taken in the state's dtype, but the times it adds up to are not rounded to it.
+        time_dtype = solver.default_time_dtype
+        if "dtype" in opts:
+            time_dtype = opts["dtype"] = _time_dtype(opts["dtype"])
+        time_dtype = torch.promote_types(time_dtype or structure.dtype, structure.dtype)
+        t, t_host = check_times(t, time_dtype, structure.device) if like is None else (like.t.to(time_dtype), like.t_host)
         if t_host is None and (solver.adaptive or "step_size" in opts or "grid_constructor" in opts):
             raise ValueError("only fixed-step methods on the grid t (no step_size or grid_constructor) can run "
                              f"inside CUDA-graph capture; got method {solver.name!r}")
@@ -347,7 +363,7 @@ def supported_callbacks(solver, callbacks: StepCallbacks | None, names: tuple[st
     """The hooks ``solver`` calls; the others are dropped with a warning, as torchdiffeq does."""
     if callbacks is None:
         return None
-    valid = getattr(solver, "valid_callbacks", frozenset())
+    valid = solver.valid_callbacks
     given = {name: hook for name, hook in zip(CALLBACK_NAMES, (callbacks.step, callbacks.accept, callbacks.reject))
              if hook is not None}
     dropped = [shown for name, shown in zip(CALLBACK_NAMES, names) if name in given and name not in valid]
@@ -365,7 +381,7 @@ def integrate(solver, f: Dynamics, y0: torch.Tensor, t: torch.Tensor, t_host: li
         return y0[None]
     # Hooks and ``land`` are passed only when given: methods without them need not take the keyword.
     hooks: dict[str, Any] = {} if callbacks is None else {"callbacks": callbacks}
-    if land and getattr(solver, "can_overshoot", False):
+    if land and solver.can_overshoot:
         hooks["land"] = True
     if solver.increasing_time_only and t_host[-1] < t_host[0]:
         # Decreasing time: solve ds/dy = -f(-s, y) on s = -t, which increases.

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from neuralode.errors import CheckpointError
 from neuralode.utils.files import write_atomic
 
 try:
@@ -17,10 +18,6 @@ except ImportError:  # numpy is optional for torch; without it there is no numpy
 
 CHECKPOINT_NAME = "last.pt"
 _REQUIRED_KEYS = ("model", "epoch", "config")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable or not one of ours."""
 
 
 def checkpoint_path(path_or_run_dir: str | Path) -> Path:

@@ -152,3 +152,22 @@ def test_a_step_at_min_step_is_accepted(float64_single_thread):
                method="dopri5", options=dict(min_step=0.05, first_step=0.05), stats=stats)
     assert stats.steps_rejected_forward == 0 and stats.steps_accepted_forward == 20
     assert torch.isfinite(y).all()
+
+
+def test_errors_form_one_hierarchy_and_keep_their_builtin_bases():
+    from neuralode.errors import CheckpointError, ConfigError, DataError, NeuralodeError
+    from neuralode.solvers import SolverError, StepUnderflowError
+
+    for error, builtin in ((MaxNumStepsError, RuntimeError), (NonFiniteError, FloatingPointError),
+                           (StepUnderflowError, NonFiniteError), (ConfigError, ValueError), (DataError, ValueError),
+                           (CheckpointError, ValueError)):
+        assert issubclass(error, NeuralodeError) and issubclass(error, builtin)
+    assert issubclass(MaxNumStepsError, SolverError) and issubclass(NonFiniteError, SolverError)
+
+
+def test_step_size_underflow_has_its_own_error():
+    from neuralode.solvers import StepUnderflowError
+
+    # Far from t = 0 float64 time cannot represent the steps this fast decay needs.
+    with pytest.raises(StepUnderflowError, match=r"step size underflow at t=1e\+16"):
+        odeint(lambda t, y: -1e3 * y, torch.ones(1), torch.tensor([1e16, 1e16 + 100.0]))
