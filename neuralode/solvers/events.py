@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from neuralode.solvers.common import Counter, Dynamics, StepCallbacks
+from neuralode.solvers.errors import NonFiniteError
 from neuralode.solvers.odeint import Problem, State, StateStructure, odeint
 
 EventFn = Callable[[torch.Tensor, State], torch.Tensor]
@@ -28,11 +29,25 @@ def first_crossing(event_fn: EventFn, structure: StateStructure, t0: torch.Tenso
     """One scalar event on the flat state from ``event_fn``'s entries: each is signed to start positive, and
     their minimum crosses zero when the first of them does."""
     with torch.no_grad():
-        signs = torch.sign(event_fn(t0, structure.unflatten(y0))).reshape(-1)
+        start = _event_values(event_fn, t0, structure.unflatten(y0))
+        if not bool(torch.isfinite(start).all()):
+            raise ValueError(f"event_fn(t0, y0) returned {start.tolist()}; it must be finite (its first zero "
+                             "crossing ends the solve)")
+        signs = torch.sign(start)
 
     def g(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return (event_fn(t, structure.unflatten(y)).reshape(-1) * signs).min()
+        return (_event_values(event_fn, t, structure.unflatten(y)) * signs).min()
     return g
+
+
+def _event_values(event_fn: EventFn, t: torch.Tensor, y: State) -> torch.Tensor:
+    values = event_fn(t, y)
+    if not torch.is_tensor(values) or not values.is_floating_point() or values.numel() == 0:
+        got = f"a {values.dtype} tensor of shape {tuple(values.shape)}" if torch.is_tensor(values) else \
+            type(values).__name__
+        raise TypeError(f"event_fn(t, y) must return a real floating-point tensor of one or more event values, "
+                        f"got {got}")
+    return values.reshape(-1)
 
 
 def _scalar_tol(atol: Any) -> float:
@@ -46,8 +61,9 @@ class EventWatch:
     (differentiable through the step's interpolant).
     """
 
-    def __init__(self, g: FlatEvent, t0: torch.Tensor, y0: torch.Tensor) -> None:
+    def __init__(self, g: FlatEvent, t0: torch.Tensor, y0: torch.Tensor, time_sign: float = 1.0) -> None:
         self.g = g
+        self.time_sign = time_sign  # messages quote the caller's time
         with torch.no_grad():
             self.sign0 = torch.sign(g(t0, y0))
         self.time: torch.Tensor | None = None
@@ -55,7 +71,12 @@ class EventWatch:
 
     def crossed(self, t: torch.Tensor, y: torch.Tensor) -> bool:
         with torch.no_grad():
-            return bool(torch.sign(self.g(t, y)) != self.sign0)  # the one extra host read per accepted step
+            value = self.g(t, y)
+            crossed, finite = (torch.stack([torch.sign(value) != self.sign0, torch.isfinite(value)])).tolist()
+        if not finite:  # the one extra host read per accepted step, above, also tells this
+            raise NonFiniteError(f"event_fn returned {float(value)} at t={self.time_sign * float(t):.6g}; it must stay "
+                                 "finite along the solution")
+        return crossed
 
     def locate(self, interp: Callable[[torch.Tensor], torch.Tensor], ta: torch.Tensor, tb: torch.Tensor,
                h: float, atol: Any) -> None:
@@ -101,7 +122,7 @@ def integrate_until_event(prob: Problem, f: Dynamics, event_fn: EventFn, y0: tor
             hooks["callbacks"] = callbacks.reversed()
     else:
         f_solver, g_solver = f, g
-    watch = EventWatch(g_solver, t[0], y0)
+    watch = EventWatch(g_solver, t[0], y0, time_sign)
     solver.solve_until_event(f_solver, y0, t, t_host, rtol=prob.rtol, atol=prob.atol, norm=prob.norm,
                              options=prob.options, counter=counter, event=watch, time_sign=time_sign, **hooks)
     return time_sign * watch.time, torch.stack([y0, watch.state])

@@ -18,6 +18,9 @@ FixedStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Ten
 
 # torchdiffeq's cap on the steps a fixed-step solve may take looking for an event.
 MAX_FIXED_EVENT_STEPS = 20000
+# The most steps a step_size grid may have: its host copy alone takes ~32 bytes a step (320 MB here), and the
+# solve hours; a smaller step_size over a long span is refused before anything is built.
+MAX_GRID_STEPS = 10_000_000
 
 
 def step_grid(f: Dynamics, y0: torch.Tensor, t: torch.Tensor, t_host: list[float] | None,
@@ -34,6 +37,10 @@ def step_grid(f: Dynamics, y0: torch.Tensor, t: torch.Tensor, t_host: list[float
     if constructor is None:
         span = t_host[-1] - t_host[0]
         n = max(1, math.ceil(abs(span) / step_size))
+        if n > MAX_GRID_STEPS:
+            raise ValueError(f"options['step_size']={step_size:.3g} over [{t_host[0]:.6g}, {t_host[-1]:.6g}] makes "
+                             f"{n:.3g} steps, more than the {MAX_GRID_STEPS:,} a fixed-grid solve takes; raise "
+                             "step_size or use an adaptive method")
         sign = 1.0 if span >= 0 else -1.0
         grid_host = [t_host[0] + sign * step_size * k for k in range(n)] + [t_host[-1]]
         steps = torch.arange(n, dtype=y0.dtype, device=y0.device) * (sign * step_size)

@@ -67,6 +67,13 @@ def _finite_times(times: Any) -> bool:
     return all(math.isfinite(float(v)) for v in times)
 
 
+# Half-precision states are refused: error control at any useful tolerance is below their resolution (bf16 dopri5
+# on y' = -y ended at 1e6 instead of 0.37), and dynamics evaluated in them would make every error estimate noise.
+_LOW_PRECISION = (torch.float16, torch.bfloat16, torch.complex32)
+_LOW_PRECISION_HINT = ("; half precision cannot resolve the solver's error control: solve in float32 (y0.float(), "
+                       "and the module .float()) and cast the result back")
+
+
 class StateStructure:
     """How a tensor or tuple of tensors maps to one flat real vector and back.
 
@@ -84,9 +91,10 @@ class StateStructure:
         for p in parts:
             if not torch.is_tensor(p):
                 raise TypeError(f"{what} must be a tensor or a tuple of tensors, got {type(p).__name__}")
-            if not (p.is_floating_point() or p.is_complex()):
+            if not (p.is_floating_point() or p.is_complex()) or p.dtype in _LOW_PRECISION:
                 raise TypeError(f"{what} must be floating point or complex (float32/float64/complex64/complex128), "
-                                f"got {p.dtype}")
+                                f"got {p.dtype}"
+                                + (_LOW_PRECISION_HINT if p.dtype in _LOW_PRECISION else ""))
         if len({p.device for p in parts}) > 1:
             raise ValueError(f"all tensors of the tuple {what} must be on one device, got {[str(p.device) for p in parts]}")
         self.shapes = [p.shape for p in parts]
@@ -267,6 +275,9 @@ def check_options(solver, options: Mapping[str, Any] | None, what: str = "option
                 good = False
             if not good:
                 raise ValueError(f"{what}[{key!r}] must be {want}, got {value!r}")
+    if known.get("min_step", 0) > known.get("max_step", math.inf):
+        raise ValueError(f"{what}: min_step={known['min_step']} is above max_step={known['max_step']}; "
+                         "min_step must be <= max_step")
     if "step_size" in known and "grid_constructor" in known:
         raise ValueError(f"{what}: give either 'step_size' or 'grid_constructor', not both")
     return known
