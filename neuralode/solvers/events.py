@@ -1,5 +1,5 @@
 """Terminal events: integrate until ``event_fn(t, y)`` crosses zero (torchdiffeq 0.2.5's ``event_fn`` and
-``odeint_event``).
+``odeint_event``, in :mod:`neuralode.solvers.odeint`).
 
 The solver checks the event's sign after every accepted step (one host read per step), then bisects the
 step's interpolant for the crossing to within ``atol`` in time. The state at the event is differentiable
@@ -17,7 +17,7 @@ import torch
 
 from neuralode.solvers.common import Counter, Dynamics, StepCallbacks
 from neuralode.solvers.errors import NonFiniteError
-from neuralode.solvers.odeint import Problem, State, StateStructure, odeint
+from neuralode.solvers.problem import Problem, State, StateStructure
 
 EventFn = Callable[[torch.Tensor, State], torch.Tensor]
 FlatEvent = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -128,7 +128,7 @@ def integrate_until_event(prob: Problem, f: Dynamics, event_fn: EventFn, y0: tor
     return time_sign * watch.time, torch.stack([y0, watch.state])
 
 
-class _EventTimeGradient(torch.autograd.Function):
+class EventTimeGradient(torch.autograd.Function):
     """Identity on ``(event_t, state)`` whose backward moves the event time with the state (implicit function
     theorem): a gradient on the event time, and the state's change through the moving end time, both reach
     the state computed at the fixed event time, and through it ``y0`` and the parameters."""
@@ -154,30 +154,3 @@ class _EventTimeGradient(torch.autograd.Function):
         speed = dg_dt + dg_dy @ slope
         moved = (grad_t + grad_state @ slope) / speed
         return None, None, None, grad_state - dg_dy * moved
-
-
-def odeint_event(func: Callable[[torch.Tensor, State], State], y0: State, t0: torch.Tensor, *, event_fn: EventFn,
-                 reverse_time: bool = False, odeint_interface: Callable = odeint,
-                 **kwargs: Any) -> tuple[torch.Tensor, State]:
-    """Solve from ``t0`` (forwards, or backwards with ``reverse_time``) until ``event_fn(t, y)`` crosses zero
-    (the first entry to cross, for a vector); returns ``event_t`` and the states at ``[t0, event_t]``.
-
-    ``odeint_interface`` (``odeint`` or ``odeint_adjoint``) does the solve with ``**kwargs``
-    (``rtol``, ``atol``, ``method``, ``options``, ...); ``event_t`` and the final state are differentiable
-    w.r.t. ``y0`` and the parameters, including through the event time.
-    """
-    if not torch.is_tensor(t0) or t0.numel() != 1:
-        raise TypeError(f"t0 must be a tensor holding one time, got "
-                        f"{tuple(t0.shape) if torch.is_tensor(t0) else type(t0).__name__}")
-    t0 = t0.reshape(-1)
-    t = torch.cat([t0, t0.detach() + (-1.0 if reverse_time else 1.0)])
-    event_t, solution = odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)
-    structure = StateStructure(y0)
-    last = structure.flatten(tuple(s[-1] for s in solution) if structure.is_tuple else solution[-1], what="solution")
-    flat_f = lambda s, y: structure.flatten(func(s, structure.unflatten(y)), what="func(t, y)")  # noqa: E731
-    g = first_crossing(event_fn, structure, t0[0].to(event_t.dtype), structure.flatten(y0, what="y0"))
-    event_t, last = _EventTimeGradient.apply(flat_f, g, event_t, last)
-    final = structure.unflatten(last)
-    if structure.is_tuple:
-        return event_t, tuple(torch.cat([s[:-1], p[None]]) for s, p in zip(solution, final))
-    return event_t, torch.cat([solution[:-1], final[None]])
