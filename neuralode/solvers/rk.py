@@ -20,7 +20,7 @@ import torch
 from neuralode.solvers.common import Counter, Dynamics, StepBudget, StepCallbacks, nudged
 from neuralode.solvers.controller import initial_step, make_controller
 from neuralode.solvers.errors import NonFiniteError, StepUnderflowError
-from neuralode.solvers.grid import grid_outputs, stage_times, step_grid, step_until_event
+from neuralode.solvers.grid import grid_outputs, march, stage_times, step_grid, step_until_event
 from neuralode.solvers.method import Method
 from neuralode.solvers.norms import Norm, Tolerance, error_scale
 from neuralode.solvers.tableaus import ButcherTableau
@@ -69,26 +69,17 @@ class FixedGridRK(Method):
         # Inside CUDA-graph capture the direction stays on the device (t_host is None).
         direction = torch.sign(t[-1] - t[0]) if t_host is None else (1.0 if t_host[-1] >= t_host[0] else -1.0)
         dts = grid[1:] - grid[:-1]
-        # All stage times at once: the loop below only indexes device tensors, never reads them.
+        # All stage times at once: the steps only index device tensors, never read them.
         stage_t = stage_times(co["c"], self.tableau.c, grid[:-1], grid[1:], bool(options.get("perturb", False)),
                               direction)
-        on_step = callbacks.step if callbacks is not None else None
-        cubic = grid_host is not None and options.get("interp", "linear") == "cubic"
-        states, slopes = [y0], []
-        y = y0
-        for k in range(dts.shape[0]):
-            dt = dts[k]
-            if on_step is not None:
-                on_step(grid[k], y, dt * direction)
-            f0 = f(stage_t[k, 0], y)
-            kk = stage_derivatives(co["a_rows"], f, stage_t[k], y, dt, f0)
-            y = y + dt * (co["b"] @ kk)
-            states.append(y)
-            if cubic:
-                slopes.append(f0)  # f at a grid point is the next step's first stage
-        counter.accepted += dts.shape[0]
-        return grid_outputs(f, t, t_host, grid, grid_host, torch.stack(states), slopes,
-                            options.get("interp", "linear"))
+
+        def step(k: int, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            f0 = f(stage_t[k, 0], y)  # f at a grid point: a cubic output's slope there
+            return y + dts[k] * (co["b"] @ stage_derivatives(co["a_rows"], f, stage_t[k], y, dts[k], f0)), f0
+
+        interp = options.get("interp", "linear")
+        states, slopes = march(step, grid, y0, direction, callbacks, counter, keep_slopes=interp == "cubic")
+        return grid_outputs(f, t, t_host, grid, grid_host, states, slopes, interp)
 
     def solve_until_event(self, f: Dynamics, y0: torch.Tensor, t: torch.Tensor, t_host: list[float], *,
                           rtol: Tolerance, atol: Tolerance, norm: Norm, options: Mapping[str, Any], counter: Counter,
