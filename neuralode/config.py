@@ -19,14 +19,10 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 import neuralode
-from neuralode.models.odeblock import with_torch_dtype
+from neuralode.errors import ConfigError
 from neuralode.solvers import SOLVERS
 from neuralode.solvers.odeint import check_options
 from neuralode.utils.rundir import safe_name
-
-
-class ConfigError(ValueError):
-    """A config value is wrong; the message says which key, why, and what would be right."""
 
 
 @dataclass
@@ -179,7 +175,7 @@ def validate_solver(solver: Any, key: str = "solver") -> None:
         for group in ("options", "adjoint_options"):
             options = solver.get(group)
             try:  # the solver core's own check, before any data is loaded, under the config's key names
-                check_options(SOLVERS[method], None if options is None else with_torch_dtype(options),
+                check_options(SOLVERS[method], options,
                               f"{key}.{group}", strict=True)
             except (TypeError, ValueError) as e:
                 raise ConfigError(str(e)) from None

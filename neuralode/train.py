@@ -243,7 +243,7 @@ def _failure_message(error: Exception, cfg: DictConfig, epoch: int, epochs: int,
     if isinstance(error, MaxNumStepsError):
         causes = (f"the dynamics grew too stiff for the step cap: a learning rate too high{lr_now} blows them up, "
                   f"or the tolerance (rtol {tol}) is tighter than needed; lower task.lr, loosen solver.tol or "
-                  "raise solver.options.max_num_steps")
+                  f"raise solver.options.{error.option}")
     else:
         causes = f"training diverged: lower the learning rate{lr_now} or tighten solver.tol (rtol {tol} now)"
     return f"epoch {epoch}/{epochs} failed: {_first_sentence(error)}; {causes}; {_resume_hint(ckpt_path, kept)}"

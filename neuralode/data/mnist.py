@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from neuralode.data.idx import IDXError, read_idx
+from neuralode.errors import DataError
 
 # Config name -> torchvision class name, also torchvision's folder name. torchvision itself is imported only to
 # download: importing it costs seconds that a run reading IDX files would otherwise spend starting up.
@@ -37,10 +38,6 @@ _STEMS = {
     True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-
-
-class DataError(ValueError):
-    """Dataset files missing or unreadable; the message says where we looked and how to fix it."""
 
 
 @dataclass

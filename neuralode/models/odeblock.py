@@ -14,22 +14,19 @@ from neuralode.solvers.adjoint import inherited_options
 
 log = logging.getLogger(__name__)
 
-# The runner's step cap for adaptive solves (the public odeint has none): dynamics a bad learning rate blew up
-# end in one clear line instead of an epoch that never finishes. solver.options.max_num_steps overrides it.
-RUNNER_MAX_NUM_STEPS = 10_000
-# The runner's step control for the adaptive RK methods: the PI controller took fewer evaluations than the
-# public API's torchdiffeq-compatible default on the ODE-Net adjoint step and the spiral latent ODE
-# (docs/benchmarks.md, section 5).
+# The runner's solver policy for the adaptive methods, where it departs from the public odeint's torchdiffeq
+# defaults; it keeps the numerics every run so far was trained with, so that runs stay comparable. The config's
+# solver.options override each entry.
+# - A step cap over each whole solve (the public odeint has none; its max_num_steps counts per output interval):
+#   dynamics a bad learning rate blew up end in one clear line instead of an epoch that never finishes.
+RUNNER_MAX_STEPS_PER_SOLVE = 10_000
+# - The PI controller: it took fewer evaluations than the public API's torchdiffeq-compatible default on the
+#   ODE-Net adjoint step and the spiral latent ODE (docs/benchmarks.md, section 5).
 RUNNER_CONTROLLER = "pi"
-# options.dtype (the adaptive methods' time dtype) as a config writes it: a name, not a torch.dtype.
-DTYPE_NAMES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def with_torch_dtype(options: Mapping[str, Any]) -> dict[str, Any]:
-    """``options`` with a dtype given by name (``solver.options.dtype=float64``) as the torch.dtype odeint takes;
-    other values, unknown names included, are left for odeint's option check to judge."""
-    dtype = options.get("dtype")
-    return {**options, "dtype": DTYPE_NAMES.get(dtype, dtype)} if isinstance(dtype, str) else dict(options)
+# - Time in the state's dtype (float32 promotes to it) rather than odeint's default float64.
+RUNNER_TIME_DTYPE = "float32"
+RUNNER_OPTIONS = {"max_steps_per_solve": RUNNER_MAX_STEPS_PER_SOLVE, "controller": RUNNER_CONTROLLER,
+                  "dtype": RUNNER_TIME_DTYPE}
 
 
 @dataclass
@@ -46,7 +43,8 @@ class SolverSpec:
     @classmethod
     def from_config(cls, solver_cfg: Mapping[str, Any], default_tol: float) -> "SolverSpec":
         """Resolve ``tol``/``rtol``/``atol``: ``tol`` (or the task's default) sets both, each may override.
-        The adaptive RK methods get the runner's step cap and controller unless the options set them."""
+        The adaptive methods get the runner's policy (``RUNNER_OPTIONS``, each where the method takes it) unless
+        the options set it."""
         tol = solver_cfg.get("tol")
         tol = default_tol if tol is None else tol
         rtol = solver_cfg.get("rtol")
@@ -54,12 +52,11 @@ class SolverSpec:
         method = solver_cfg["method"]
         options = dict(solver_cfg.get("options") or {})
         valid = SOLVERS[method].valid_options if method in SOLVERS else ()
-        if "max_num_steps" in valid:
-            options.setdefault("max_num_steps", RUNNER_MAX_NUM_STEPS)
-        if "controller" in valid:
-            options.setdefault("controller", RUNNER_CONTROLLER)
+        for key, value in RUNNER_OPTIONS.items():
+            if key in valid:
+                options.setdefault(key, value)
         adjoint = bool(solver_cfg.get("adjoint", True))
-        if not adjoint and not getattr(SOLVERS.get(method), "backpropagates", True):
+        if not adjoint and method in SOLVERS and not SOLVERS[method].backpropagates:
             # e.g. solver=lsoda in a task that backpropagates through the solver: the adjoint is its only gradient.
             log.info("solver.method=%s cannot backpropagate through its steps: using the adjoint", method)
             adjoint = True
@@ -76,11 +73,11 @@ class SolverSpec:
         """The adjoint solve's options: the forward ones (less ``norm``) updated by ``adjoint_options``.
 
         odeint_adjoint drops the forward options once any adjoint option is given (torchdiffeq's rule);
-        from a config, ``solver.adjoint_options.norm=seminorm`` should not also lose ``max_num_steps``.
+        from a config, ``solver.adjoint_options.norm=seminorm`` should not also lose ``max_steps_per_solve``.
         """
         if not self.adjoint_options:
             return None
-        return with_torch_dtype({**inherited_options(self.options), **self.adjoint_options})
+        return {**inherited_options(self.options), **self.adjoint_options}
 
 
 class ODEBlock(nn.Module):
@@ -102,12 +99,11 @@ class ODEBlock(nn.Module):
         t = t.to(device=_first_tensor(y0).device, dtype=_first_tensor(y0).dtype)
         s = self.solver
         if s.adjoint:
-            ys = odeint_adjoint(self.func, y0, t, rtol=s.rtol, atol=s.atol, method=s.method,
-                                options=with_torch_dtype(s.options), adjoint_options=s.backward_options(),
-                                stats=self.stats)
+            ys = odeint_adjoint(self.func, y0, t, rtol=s.rtol, atol=s.atol, method=s.method, options=s.options,
+                                adjoint_options=s.backward_options(), stats=self.stats)
         else:
-            ys = odeint(self.func, y0, t, rtol=s.rtol, atol=s.atol, method=s.method,
-                        options=with_torch_dtype(s.options), stats=self.stats)
+            ys = odeint(self.func, y0, t, rtol=s.rtol, atol=s.atol, method=s.method, options=s.options,
+                        stats=self.stats)
         if not last_only:
             return ys
         return tuple(y[-1] for y in ys) if isinstance(ys, tuple) else ys[-1]

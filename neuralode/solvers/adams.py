@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from neuralode.solvers.common import Counter, Dynamics, StepCallbacks, nudged
-from neuralode.solvers.grid import grid_outputs, step_grid, step_until_event
+from neuralode.solvers.grid import grid_outputs, march, step_grid, step_until_event
+from neuralode.solvers.method import Method
 from neuralode.solvers.norms import Norm, Tolerance
 from neuralode.solvers.rk import stage_derivatives
 from neuralode.solvers.tableaus import TABLEAUS
@@ -73,14 +74,13 @@ def _is_integer(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and int(value) == value
 
 
-class Adams:
+class Adams(Method):
     """``explicit_adams`` (``implicit=False``) or ``implicit_adams`` on a fixed grid; the grid options
     (``step_size``, ``grid_constructor``, ``interp``, ``perturb``) mean what they mean for the fixed-step
     Runge-Kutta methods."""
 
-    adaptive = False
-    increasing_time_only = False
     valid_callbacks = frozenset({"callback_step"})
+    supports_events = True
 
     # The grid is built exactly as for the fixed-step Runge-Kutta methods (the method never reads self).
     def __init__(self, name: str, implicit: bool) -> None:
@@ -111,27 +111,19 @@ class Adams:
             raise ValueError(f"method {self.name!r} reads its corrector's convergence on the host, so it cannot run "
                              "inside CUDA-graph capture; use explicit_adams there")
         direction = 1.0 if t_host is None or t_host[-1] >= t_host[0] else -1.0
-        stepper = _Stepper(self, f, y0, options, rtol, atol, direction)
+        stepper = _Stepper(self, f, y0, options, rtol, atol, direction, warn_depth=8)
         grid, grid_host = step_grid(f, y0, t, t_host, options)
-        on_step = callbacks.step if callbacks is not None else None
-        dts = grid[1:] - grid[:-1]
-        states, slopes, y = [y0], [], y0
-        for k in range(dts.shape[0]):
-            if on_step is not None:
-                on_step(grid[k], y, dts[k] * direction)
-            y, f0 = stepper.step(grid[k], grid[k + 1], y)
-            states.append(y)
-            slopes.append(f0)
-        counter.accepted += dts.shape[0]
-        return grid_outputs(f, t, t_host, grid, grid_host, torch.stack(states), slopes,
-                            options.get("interp", "linear"))
+        interp = options.get("interp", "linear")
+        states, slopes = march(lambda k, y: stepper.step(grid[k], grid[k + 1], y), grid, y0, direction, callbacks,
+                               counter, keep_slopes=interp == "cubic")
+        return grid_outputs(f, t, t_host, grid, grid_host, states, slopes, interp)
 
     def solve_until_event(self, f: Dynamics, y0: torch.Tensor, t: torch.Tensor, t_host: list[float], *,
                           rtol: Tolerance, atol: Tolerance, norm: Norm, options: Mapping[str, Any], counter: Counter,
                           event: Any, time_sign: float = 1.0, callbacks: StepCallbacks | None = None) -> None:
         """Fixed steps of ``options['step_size']`` until ``event`` changes sign (see :func:`step_until_event`)."""
         direction = 1.0 if t_host[-1] >= t_host[0] else -1.0
-        stepper = _Stepper(self, f, y0, options, rtol, atol, direction)
+        stepper = _Stepper(self, f, y0, options, rtol, atol, direction, warn_depth=6)
         step_until_event(stepper.step, f, y0, t, t_host, name=self.name, atol=atol, options=options,
                          counter=counter, event=event, time_sign=time_sign, callbacks=callbacks)
 
@@ -140,7 +132,7 @@ class _Stepper:
     """One solve's Adams steps: the slope history (newest first) and the coefficients on the state's device."""
 
     def __init__(self, method: Adams, f: Dynamics, y0: torch.Tensor, options: Mapping[str, Any], rtol: Tolerance,
-                 atol: Tolerance, direction: float) -> None:
+                 atol: Tolerance, direction: float, warn_depth: int) -> None:
         self.max_order, self.max_iters = method.check_options(options)
         self.name, self.implicit, self.f, self.rtol, self.atol = method.name, method.implicit, f, rtol, atol
         self.bashforth, self.moulton = _coefficient_tensors(y0.dtype, str(y0.device))
@@ -150,6 +142,7 @@ class _Stepper:
         self.at_start = (lambda s: nudged(s, direction)) if perturb else (lambda s: s)
         self.at_end = (lambda s: nudged(s, -direction)) if perturb else (lambda s: s)
         self.history: list[torch.Tensor] = []
+        self.warn_depth = warn_depth  # frames from a step up to the caller of odeint, where warnings point
 
     def step(self, t0: torch.Tensor, t1: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The state at ``t1`` from ``y`` at ``t0``, and the slope ``f(t0, y)``."""
@@ -169,7 +162,7 @@ class _Stepper:
             if not converged:
                 warnings.warn(f"method {self.name!r}: the corrector did not converge in max_iters={self.max_iters} "
                               "iterations; the result may be inaccurate (raise options['max_iters'] or take smaller "
-                              "steps)", stacklevel=6)
+                              "steps)", stacklevel=self.warn_depth)
                 self.history.pop()
         return y + dy, f0
 

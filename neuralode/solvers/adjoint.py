@@ -22,11 +22,12 @@ from torch.autograd.function import once_differentiable
 from neuralode.solvers.common import Counter
 from neuralode.solvers.events import integrate_until_event
 from neuralode.solvers.norms import MixedNorm, Norm, PairModulus
-from neuralode.solvers.odeint import (
+from neuralode.solvers.problem import (
     CALLBACK_NAMES,
     Problem,
     State,
     ToleranceArg,
+    UserNorm,
     check_tolerance,
     counted,
     integrate,
@@ -56,8 +57,10 @@ class _Adjoint:
         sizes = structure.sizes
         magnitude = _augmented_modulus(structure, params)
         if adjoint_norm is not None:
-            self.norm: Norm = _user_adjoint_norm(adjoint_norm, structure, params)
-            self.norm.magnitude = magnitude
+            # Called as torchdiffeq calls it: with the tuple (t, *y, *a, *dL/dtheta), y and a split into the parts
+            # of a tuple state, each shaped (and typed) like its part or parameter. torchdiffeq's t entry is its
+            # integrated time adjoint; here dL/dt comes in closed form at the output times, so it is a zero scalar.
+            self.norm: Norm = UserNorm(adjoint_norm, augmented_as_user(structure, params), magnitude)
         else:
             # Mixed norm over y's parts, a's parts and the parameter adjoint; the seminorm drops the latter.
             n_params = sum(p.numel() for p in params)
@@ -95,18 +98,6 @@ def _param_from_flat(flat: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         pairs = flat.to(p.real.dtype).reshape(*p.shape, 2)
         return torch.complex(pairs[..., 0], pairs[..., 1])
     return flat.reshape(p.shape).to(p.dtype)
-
-
-def _user_adjoint_norm(user_norm: Callable, structure, params: tuple[torch.Tensor, ...]) -> Norm:
-    """The user's norm on the flat augmented state ``[y, a, dL/dtheta]``, called as torchdiffeq calls it: with the
-    tuple ``(t, *y, *a, *dL/dtheta)``, ``y`` and ``a`` split into the parts of a tuple state, each shaped (and typed)
-    like its part or parameter. torchdiffeq's ``t`` entry is its integrated time adjoint; here dL/dt comes in closed
-    form at the output times instead, so the entry is a zero scalar."""
-    as_user = augmented_as_user(structure, params)
-
-    def norm(z: torch.Tensor) -> torch.Tensor:
-        return user_norm(as_user(z))
-    return norm
 
 
 def augmented_as_user(structure, params: tuple[torch.Tensor, ...]) -> Callable[[torch.Tensor], tuple]:
@@ -203,9 +194,9 @@ class _AdjointFunction(torch.autograd.Function):
             for i in range(n_out - 1, 0, -1):
                 if need_t:
                     # y(t_i) moves with t_i at speed f(t_i, y_i); nothing else depends on t_i (i > 0).
-                    grad_t[i] = grad_ys[i] @ f(t[i], ys[i])
+                    grad_t[i] = grad_ys[i] @ f(t[i].to(dtype), ys[i])
                 z = torch.cat([ys[i], a, a_params])
-                pair = torch.stack([t[i], t[i - 1]])
+                pair = torch.stack([t[i], t[i - 1]]).to(bwd.t.dtype)  # the backward method's time dtype
                 options = {**bwd.options, "first_step": first_step} if carry and first_step else bwd.options
                 z = integrate(bwd.solver, augmented, z, pair, [t_host[i], t_host[i - 1]], bwd.rtol, bwd.atol,
                               options, spec.norm, counter, spec.adjoint_callbacks, land=True)[-1]
@@ -214,7 +205,7 @@ class _AdjointFunction(torch.autograd.Function):
                 a_params = z[2 * n:]
             if need_t:
                 # Moving t_0 shifts every later output by -Phi f(t_0, y_0); ys[0] = y0 does not move.
-                grad_t[0] = -(a - grad_ys[0]) @ f(t[0], ys[0])
+                grad_t[0] = -(a - grad_ys[0]) @ f(t[0].to(dtype), ys[0])
                 if spec.event_fn is not None:  # t[1] only gave the direction (the event time gets no gradient)
                     grad_t[1] = 0
         if spec.stats is not None:

@@ -1,21 +1,17 @@
 """Types and small helpers every solver family shares: the flat dynamics, work counters, the user's step
-hooks, the solver errors, torchdiffeq's ``perturb`` nudge and cubic Hermite interpolation."""
+hooks, the step budget, torchdiffeq's ``perturb`` nudge and cubic Hermite interpolation."""
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from neuralode.solvers.errors import MaxNumStepsError
+
 Dynamics = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-class MaxNumStepsError(RuntimeError):
-    """The adaptive solver needed more than ``max_num_steps`` steps."""
-
-
-class NonFiniteError(FloatingPointError):
-    """The dynamics produced inf/nan that shrinking the step did not cure."""
 
 
 @dataclass
@@ -61,3 +57,32 @@ def hermite(theta: torch.Tensor, h: float | torch.Tensor, y0: torch.Tensor, y1: 
     theta = theta.unsqueeze(-1)
     t2, t3 = theta * theta, theta * theta * theta
     return y0 + (3 * t2 - 2 * t3) * (y1 - y0) + h * ((t3 - 2 * t2 + theta) * f0 + (t3 - t2) * f1)
+
+
+class StepBudget:
+    """The caps on attempted steps (accepted or rejected), counted on the host: ``options['max_num_steps']`` per
+    output interval (torchdiffeq's meaning: the count restarts once a step passes an output time) and
+    ``options['max_steps_per_solve']`` over the whole solve (the training runner's cap). Neither is set by default.
+    ``where()`` describes the solve's progress for the message."""
+
+    def __init__(self, options: Mapping[str, Any], where: Callable[[], str]) -> None:
+        self.per_interval = options.get("max_num_steps") or math.inf
+        self.per_solve = options.get("max_steps_per_solve") or math.inf
+        self.where = where
+        self.interval = self.total = 0
+
+    def spend(self) -> None:
+        self.interval += 1
+        self.total += 1
+        if self.interval > self.per_interval:
+            self._refuse("max_num_steps", self.per_interval, "steps within one output interval")
+        if self.total > self.per_solve:
+            self._refuse("max_steps_per_solve", self.per_solve, "steps in one solve")
+
+    def output_reached(self) -> None:
+        self.interval = 0
+
+    def _refuse(self, option: str, cap: int, what: str) -> None:
+        raise MaxNumStepsError(f"{option}={cap} exceeded ({what}): {self.where()}; loosen rtol/atol, raise "
+                               f"options[{option!r}], or use a fixed-step method (e.g. method='rk4', "
+                               "options=dict(step_size=...))", option=option)

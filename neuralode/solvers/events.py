@@ -1,5 +1,5 @@
 """Terminal events: integrate until ``event_fn(t, y)`` crosses zero (torchdiffeq 0.2.5's ``event_fn`` and
-``odeint_event``).
+``odeint_event``, in :mod:`neuralode.solvers.odeint`).
 
 The solver checks the event's sign after every accepted step (one host read per step), then bisects the
 step's interpolant for the crossing to within ``atol`` in time. The state at the event is differentiable
@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from neuralode.solvers.common import Counter, Dynamics, StepCallbacks
-from neuralode.solvers.odeint import Problem, State, StateStructure, odeint
+from neuralode.solvers.errors import NonFiniteError
+from neuralode.solvers.problem import Problem, State, StateStructure
 
 EventFn = Callable[[torch.Tensor, State], torch.Tensor]
 FlatEvent = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -28,11 +29,25 @@ def first_crossing(event_fn: EventFn, structure: StateStructure, t0: torch.Tenso
     """One scalar event on the flat state from ``event_fn``'s entries: each is signed to start positive, and
     their minimum crosses zero when the first of them does."""
     with torch.no_grad():
-        signs = torch.sign(event_fn(t0, structure.unflatten(y0))).reshape(-1)
+        start = _event_values(event_fn, t0, structure.unflatten(y0))
+        if not bool(torch.isfinite(start).all()):
+            raise ValueError(f"event_fn(t0, y0) returned {start.tolist()}; it must be finite (its first zero "
+                             "crossing ends the solve)")
+        signs = torch.sign(start)
 
     def g(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return (event_fn(t, structure.unflatten(y)).reshape(-1) * signs).min()
+        return (_event_values(event_fn, t, structure.unflatten(y)) * signs).min()
     return g
+
+
+def _event_values(event_fn: EventFn, t: torch.Tensor, y: State) -> torch.Tensor:
+    values = event_fn(t, y)
+    if not torch.is_tensor(values) or not values.is_floating_point() or values.numel() == 0:
+        got = f"a {values.dtype} tensor of shape {tuple(values.shape)}" if torch.is_tensor(values) else \
+            type(values).__name__
+        raise TypeError(f"event_fn(t, y) must return a real floating-point tensor of one or more event values, "
+                        f"got {got}")
+    return values.reshape(-1)
 
 
 def _scalar_tol(atol: Any) -> float:
@@ -46,8 +61,9 @@ class EventWatch:
     (differentiable through the step's interpolant).
     """
 
-    def __init__(self, g: FlatEvent, t0: torch.Tensor, y0: torch.Tensor) -> None:
+    def __init__(self, g: FlatEvent, t0: torch.Tensor, y0: torch.Tensor, time_sign: float = 1.0) -> None:
         self.g = g
+        self.time_sign = time_sign  # messages quote the caller's time
         with torch.no_grad():
             self.sign0 = torch.sign(g(t0, y0))
         self.time: torch.Tensor | None = None
@@ -55,7 +71,12 @@ class EventWatch:
 
     def crossed(self, t: torch.Tensor, y: torch.Tensor) -> bool:
         with torch.no_grad():
-            return bool(torch.sign(self.g(t, y)) != self.sign0)  # the one extra host read per accepted step
+            value = self.g(t, y)
+            crossed, finite = (torch.stack([torch.sign(value) != self.sign0, torch.isfinite(value)])).tolist()
+        if not finite:  # the one extra host read per accepted step, above, also tells this
+            raise NonFiniteError(f"event_fn returned {float(value)} at t={self.time_sign * float(t):.6g}; it must stay "
+                                 "finite along the solution")
+        return crossed
 
     def locate(self, interp: Callable[[torch.Tensor], torch.Tensor], ta: torch.Tensor, tb: torch.Tensor,
                h: float, atol: Any) -> None:
@@ -83,7 +104,7 @@ def integrate_until_event(prob: Problem, f: Dynamics, event_fn: EventFn, y0: tor
         raise ValueError("event_fn cannot be used inside CUDA-graph capture (each step reads the event's sign)")
     if len(t_host) != 2:
         raise ValueError(f"with event_fn, t must hold 2 times [t0, t1] (t1 gives only the direction), got {len(t_host)}")
-    if not hasattr(solver, "solve_until_event"):
+    if not solver.supports_events:
         raise ValueError(f"method {solver.name!r} does not support event_fn; use a Runge-Kutta or Adams method "
                          "(e.g. 'dopri5', or 'rk4' with options['step_size'])")
     g = first_crossing(event_fn, prob.structure, t[0], y0)
@@ -101,13 +122,13 @@ def integrate_until_event(prob: Problem, f: Dynamics, event_fn: EventFn, y0: tor
             hooks["callbacks"] = callbacks.reversed()
     else:
         f_solver, g_solver = f, g
-    watch = EventWatch(g_solver, t[0], y0)
+    watch = EventWatch(g_solver, t[0], y0, time_sign)
     solver.solve_until_event(f_solver, y0, t, t_host, rtol=prob.rtol, atol=prob.atol, norm=prob.norm,
                              options=prob.options, counter=counter, event=watch, time_sign=time_sign, **hooks)
     return time_sign * watch.time, torch.stack([y0, watch.state])
 
 
-class _EventTimeGradient(torch.autograd.Function):
+class EventTimeGradient(torch.autograd.Function):
     """Identity on ``(event_t, state)`` whose backward moves the event time with the state (implicit function
     theorem): a gradient on the event time, and the state's change through the moving end time, both reach
     the state computed at the fixed event time, and through it ``y0`` and the parameters."""
@@ -133,30 +154,3 @@ class _EventTimeGradient(torch.autograd.Function):
         speed = dg_dt + dg_dy @ slope
         moved = (grad_t + grad_state @ slope) / speed
         return None, None, None, grad_state - dg_dy * moved
-
-
-def odeint_event(func: Callable[[torch.Tensor, State], State], y0: State, t0: torch.Tensor, *, event_fn: EventFn,
-                 reverse_time: bool = False, odeint_interface: Callable = odeint,
-                 **kwargs: Any) -> tuple[torch.Tensor, State]:
-    """Solve from ``t0`` (forwards, or backwards with ``reverse_time``) until ``event_fn(t, y)`` crosses zero
-    (the first entry to cross, for a vector); returns ``event_t`` and the states at ``[t0, event_t]``.
-
-    ``odeint_interface`` (``odeint`` or ``odeint_adjoint``) does the solve with ``**kwargs``
-    (``rtol``, ``atol``, ``method``, ``options``, ...); ``event_t`` and the final state are differentiable
-    w.r.t. ``y0`` and the parameters, including through the event time.
-    """
-    if not torch.is_tensor(t0) or t0.numel() != 1:
-        raise TypeError(f"t0 must be a tensor holding one time, got "
-                        f"{tuple(t0.shape) if torch.is_tensor(t0) else type(t0).__name__}")
-    t0 = t0.reshape(-1)
-    t = torch.cat([t0, t0.detach() + (-1.0 if reverse_time else 1.0)])
-    event_t, solution = odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)
-    structure = StateStructure(y0)
-    last = structure.flatten(tuple(s[-1] for s in solution) if structure.is_tuple else solution[-1], what="solution")
-    flat_f = lambda s, y: structure.flatten(func(s, structure.unflatten(y)), what="func(t, y)")  # noqa: E731
-    g = first_crossing(event_fn, structure, t0[0].to(event_t.dtype), structure.flatten(y0, what="y0"))
-    event_t, last = _EventTimeGradient.apply(flat_f, g, event_t, last)
-    final = structure.unflatten(last)
-    if structure.is_tuple:
-        return event_t, tuple(torch.cat([s[:-1], p[None]]) for s, p in zip(solution, final))
-    return event_t, torch.cat([solution[:-1], final[None]])

@@ -16,8 +16,15 @@ from neuralode.solvers.norms import Tolerance
 # method that does not evaluate it (it is then evaluated only where a cubic output needs it).
 FixedStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 
+# Step ``k`` of a grid from the state ``y`` at ``grid[k]``: the state at ``grid[k + 1]`` and ``f(grid[k], y)``, or None
+# for a method that does not evaluate it.
+GridStep = Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+
 # torchdiffeq's cap on the steps a fixed-step solve may take looking for an event.
 MAX_FIXED_EVENT_STEPS = 20000
+# The most steps a step_size grid may have: its host copy alone takes ~32 bytes a step (320 MB here), and the
+# solve hours; a smaller step_size over a long span is refused before anything is built.
+MAX_GRID_STEPS = 10_000_000
 
 
 def step_grid(f: Dynamics, y0: torch.Tensor, t: torch.Tensor, t_host: list[float] | None,
@@ -34,6 +41,10 @@ def step_grid(f: Dynamics, y0: torch.Tensor, t: torch.Tensor, t_host: list[float
     if constructor is None:
         span = t_host[-1] - t_host[0]
         n = max(1, math.ceil(abs(span) / step_size))
+        if n > MAX_GRID_STEPS:
+            raise ValueError(f"options['step_size']={step_size:.3g} over [{t_host[0]:.6g}, {t_host[-1]:.6g}] makes "
+                             f"{n:.3g} steps, more than the {MAX_GRID_STEPS:,} a fixed-grid solve takes; raise "
+                             "step_size or use an adaptive method")
         sign = 1.0 if span >= 0 else -1.0
         grid_host = [t_host[0] + sign * step_size * k for k in range(n)] + [t_host[-1]]
         steps = torch.arange(n, dtype=y0.dtype, device=y0.device) * (sign * step_size)
@@ -51,6 +62,25 @@ def step_grid(f: Dynamics, y0: torch.Tensor, t: torch.Tensor, t_host: list[float
                          f"t[-1]={t_host[-1]:.6g}, strictly monotone the same way as t; got {grid_host[:3]}..."
                          f"{grid_host[-1:]}")
     return grid, grid_host
+
+
+def march(step: GridStep, grid: torch.Tensor, y0: torch.Tensor, direction: float | torch.Tensor,
+          callbacks: StepCallbacks | None, counter: Counter, keep_slopes: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The one fixed-grid loop of every fixed-step family: ``step`` over each interval of ``grid``, the user's step
+    hook before each. Returns the states on the grid, ``(len(grid), N)``, and (``keep_slopes``: for cubic outputs)
+    the slopes the steps gave. Reads nothing from the device."""
+    on_step = callbacks.step if callbacks is not None else None
+    dts = grid[1:] - grid[:-1]
+    states, slopes, y = [y0], [], y0
+    for k in range(dts.shape[0]):
+        if on_step is not None:
+            on_step(grid[k], y, dts[k] * direction)
+        y, slope = step(k, y)
+        states.append(y)
+        if keep_slopes and slope is not None:
+            slopes.append(slope)
+    counter.accepted += dts.shape[0]
+    return torch.stack(states), slopes
 
 
 def stage_times(c: torch.Tensor, c_host: Sequence[float], starts: torch.Tensor, ends: torch.Tensor, perturb: bool,

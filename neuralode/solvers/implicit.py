@@ -26,8 +26,9 @@ from typing import Any
 import torch
 
 from neuralode.solvers.common import Counter, Dynamics, StepCallbacks
-from neuralode.solvers.grid import grid_outputs, stage_times, step_grid, step_until_event
+from neuralode.solvers.grid import grid_outputs, march, stage_times, step_grid, step_until_event
 from neuralode.solvers.implicit_tableaus import ImplicitTableau
+from neuralode.solvers.method import Method
 from neuralode.solvers.norms import Norm
 from neuralode.solvers.rk import FixedGridRK
 
@@ -39,16 +40,15 @@ _DEFAULT_MAX_ITERS = 100  # torchdiffeq's default
 _REMEASURE_AFTER = 8
 
 
-class ImplicitRK:
+class ImplicitRK(Method):
     """Fixed steps on the grid of explicit fixed-grid methods (``t``, ``step_size`` or ``grid_constructor``), with
     their ``perturb`` and output interpolation (``interp``: ``linear`` or ``cubic``). ``max_iters``: most Newton
     iterations per step (per stage of a diagonally implicit method); a step that does not converge keeps its last
     iterate and the solve warns, as torchdiffeq does."""
 
-    adaptive = False
-    increasing_time_only = False
     valid_options = FixedGridRK.valid_options + ("max_iters",)
     valid_callbacks = frozenset({"callback_step"})
+    supports_events = True
 
     def __init__(self, tableau: ImplicitTableau) -> None:
         self.tableau = tableau
@@ -73,13 +73,12 @@ class ImplicitRK:
         reuse_last = tab.explicit_first_stage and tab.stiffly_accurate and not perturb
         dts = grid[1:] - grid[:-1]
         h_host = [b - a for a, b in zip(steps_host, steps_host[1:])]
-        on_step = callbacks.step if callbacks is not None else None
-        states, y, f_last = [y0], y0, None
+        f_last: torch.Tensor | None = None  # f(t1, y1) when the last stage derivative is it
         # (stage times on the host, stage derivatives) of the steps taken since the last hard one, newest last.
         history: list[tuple[list[float], torch.Tensor]] = []
-        for n in range(len(h_host)):
-            if on_step is not None:
-                on_step(grid[n], y, dts[n] * direction)
+
+        def step(n: int, y: torch.Tensor) -> tuple[torch.Tensor, None]:
+            nonlocal history, f_last
             stage_times_host = [steps_host[n] + ci * h_host[n] for ci in tab.c]
             # Extrapolate only from steps that converged easily (<= 3 iterations): after a fast transient the
             # extrapolated derivatives are wild and Newton can land on a spurious root of the stage equations.
@@ -92,11 +91,11 @@ class ImplicitRK:
                 guess = y.detach().new_zeros(tab.stages, y.shape[0])
             newton.step_iterations = 0
             k = self._stages(newton, stage_t[n], dts[n], y, guess, f_last)
-            y = y + dts[n] * (newton.co["b"] @ k)
-            states.append(y)
             history = history[-1:] + [(stage_times_host, k.detach())]
             f_last = k[-1] if reuse_last else None
-        counter.accepted += len(h_host)
+            return y + dts[n] * (newton.co["b"] @ k), None  # the stage derivatives hold no f at the grid point
+
+        states, _ = march(step, grid, y0, direction, callbacks, counter, keep_slopes=False)
         if newton.failures:
             warnings.warn(f"method {self.name!r}: Newton's iteration did not converge within max_iters="
                           f"{newton.max_iters} on {newton.failures} of {len(h_host)} steps; the solution may be "
@@ -104,7 +103,7 @@ class ImplicitRK:
                           stacklevel=2)
         # Outputs between grid points as the explicit fixed-grid methods give them; cubic ones cost an evaluation
         # per grid point (the stage derivatives are not f at the grid points).
-        return grid_outputs(f, t, t_host, grid, grid_host, torch.stack(states), None, options.get("interp", "linear"))
+        return grid_outputs(f, t, t_host, grid, grid_host, states, None, options.get("interp", "linear"))
 
     def solve_until_event(self, f: Dynamics, y0: torch.Tensor, t: torch.Tensor, t_host: list[float], *,
                           rtol: float, atol: float, norm: Norm, options: Mapping[str, Any], counter: Counter,

@@ -17,16 +17,11 @@ from typing import Any
 
 import torch
 
-from neuralode.solvers.common import (
-    Counter,
-    Dynamics,
-    MaxNumStepsError,
-    NonFiniteError,
-    StepCallbacks,
-    nudged,
-)
+from neuralode.solvers.common import Counter, Dynamics, StepBudget, StepCallbacks, nudged
 from neuralode.solvers.controller import initial_step, make_controller
-from neuralode.solvers.grid import grid_outputs, stage_times, step_grid, step_until_event
+from neuralode.solvers.errors import NonFiniteError, StepUnderflowError
+from neuralode.solvers.grid import grid_outputs, march, stage_times, step_grid, step_until_event
+from neuralode.solvers.method import Method
 from neuralode.solvers.norms import Norm, Tolerance, error_scale
 from neuralode.solvers.tableaus import ButcherTableau
 
@@ -51,17 +46,16 @@ def stage_derivatives(a_rows: list[torch.Tensor], f: Dynamics, stage_t, y: torch
     return k
 
 
-class FixedGridRK:
+class FixedGridRK(Method):
     """Fixed steps on the grid ``t``, on a uniform grid from ``t[0]`` to ``t[-1]`` (``options=dict(step_size=h)``,
     the last step shortened) or on ``options['grid_constructor'](f, y0, t)``; outputs off the grid come from
     linear (``interp='linear'``, default) or cubic Hermite (``interp='cubic'``) interpolation, as in torchdiffeq.
     ``perturb=True`` evaluates each step's first stage just after its start time and stages at its end time
     just before it, so a discontinuity of ``f`` on a grid point is seen from the side the step lies on."""
 
-    adaptive = False
-    increasing_time_only = False
     valid_options = ("step_size", "grid_constructor", "interp", "perturb")
     valid_callbacks = frozenset({"callback_step"})
+    supports_events = True
 
     def __init__(self, tableau: ButcherTableau) -> None:
         self.tableau = tableau
@@ -75,26 +69,17 @@ class FixedGridRK:
         # Inside CUDA-graph capture the direction stays on the device (t_host is None).
         direction = torch.sign(t[-1] - t[0]) if t_host is None else (1.0 if t_host[-1] >= t_host[0] else -1.0)
         dts = grid[1:] - grid[:-1]
-        # All stage times at once: the loop below only indexes device tensors, never reads them.
+        # All stage times at once: the steps only index device tensors, never read them.
         stage_t = stage_times(co["c"], self.tableau.c, grid[:-1], grid[1:], bool(options.get("perturb", False)),
                               direction)
-        on_step = callbacks.step if callbacks is not None else None
-        cubic = grid_host is not None and options.get("interp", "linear") == "cubic"
-        states, slopes = [y0], []
-        y = y0
-        for k in range(dts.shape[0]):
-            dt = dts[k]
-            if on_step is not None:
-                on_step(grid[k], y, dt * direction)
-            f0 = f(stage_t[k, 0], y)
-            kk = stage_derivatives(co["a_rows"], f, stage_t[k], y, dt, f0)
-            y = y + dt * (co["b"] @ kk)
-            states.append(y)
-            if cubic:
-                slopes.append(f0)  # f at a grid point is the next step's first stage
-        counter.accepted += dts.shape[0]
-        return grid_outputs(f, t, t_host, grid, grid_host, torch.stack(states), slopes,
-                            options.get("interp", "linear"))
+
+        def step(k: int, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            f0 = f(stage_t[k, 0], y)  # f at a grid point: a cubic output's slope there
+            return y + dts[k] * (co["b"] @ stage_derivatives(co["a_rows"], f, stage_t[k], y, dts[k], f0)), f0
+
+        interp = options.get("interp", "linear")
+        states, slopes = march(step, grid, y0, direction, callbacks, counter, keep_slopes=interp == "cubic")
+        return grid_outputs(f, t, t_host, grid, grid_host, states, slopes, interp)
 
     def solve_until_event(self, f: Dynamics, y0: torch.Tensor, t: torch.Tensor, t_host: list[float], *,
                           rtol: Tolerance, atol: Tolerance, norm: Norm, options: Mapping[str, Any], counter: Counter,
@@ -135,7 +120,7 @@ def _host_times(times: Any) -> list[float]:
     return [float(v) for v in times]
 
 
-class AdaptiveRK:
+class AdaptiveRK(Method):
     """Embedded RK pair with adaptive steps (``options["controller"]``) and dense output at the requested times.
 
     ``t`` must be increasing here (odeint maps decreasing time onto increasing time).
@@ -143,9 +128,11 @@ class AdaptiveRK:
 
     adaptive = True
     increasing_time_only = True
-    can_overshoot = True  # solve() takes ``land``
-    valid_options = ("first_step", "safety", "ifactor", "dfactor", "min_step", "max_step",
-                     "max_num_steps", "norm", "step_t", "jump_t", "dtype", "controller")
+    can_overshoot = True
+    supports_events = True
+    default_time_dtype = torch.float64  # as torchdiffeq's; options['dtype']=torch.float32 keeps the state's
+    valid_options = ("first_step", "safety", "ifactor", "dfactor", "min_step", "max_step", "max_num_steps",
+                     "max_steps_per_solve", "norm", "step_t", "jump_t", "dtype", "controller")
     valid_callbacks = frozenset({"callback_step", "callback_accept_step", "callback_reject_step"})
 
     def __init__(self, tableau: ButcherTableau) -> None:
@@ -174,9 +161,10 @@ class AdaptiveRK:
         if n_out == 1:
             return blocks[0]
         ctrl = make_controller(options, tab.error_order)
-        # No cap unless asked (torchdiffeq has none either); the training runner sets one (RUNNER_MAX_NUM_STEPS).
-        max_steps = options.get("max_num_steps") or math.inf
         user_t = lambda s: time_sign * s  # noqa: E731  (times in messages are the caller's times)
+        # No cap unless asked (torchdiffeq has none either); the training runner sets one per solve.
+        budget = StepBudget(options, lambda: f"method {tab.name!r} reached t={user_t(tn_host):.6g} of "
+                                             f"[{user_t(t_host[0]):.6g}, {user_t(t_host[-1]):.6g}]")
         # Times may be held in a wider dtype than the state (options['dtype']); f always sees the state's.
         c_time = co["c"].to(t.dtype)
         if t.dtype != y0.dtype:
@@ -206,20 +194,14 @@ class AdaptiveRK:
                 h = 1e-3 * (span if math.isfinite(span) else 1.0)
         h = min(ctrl.max_step, max(ctrl.min_step, h))
 
-        next_out, attempts, bad = 1, 0, 0
+        next_out, bad = 1, 0
         target = n_out - 1  # outputs before the last come from the dense output, not from steps landing on them
         while next_out < n_out:
             # The step ends at most on the last output time or the next step_t/jump_t time.
             on_stop = next_stop < len(stops) and stops[next_stop] <= t_host[target]
             goal_host, goal = (stops[next_stop], stops_dev[next_stop]) if on_stop else (t_host[target], t[target])
             remaining = goal_host - tn_host
-            attempts += 1
-            if attempts > max_steps:
-                raise MaxNumStepsError(
-                    f"max_num_steps={max_steps} exceeded: method {tab.name!r} reached t={user_t(tn_host):.6g} of "
-                    f"[{user_t(t_host[0]):.6g}, {user_t(t_host[-1]):.6g}]; loosen rtol/atol, raise "
-                    "options['max_num_steps'], or use a fixed-step method (e.g. method='rk4', "
-                    "options=dict(step_size=...))")
+            budget.spend()
             overshoot = may_overshoot and not on_stop
             # Stretch by up to 1% rather than leave a sliver of a step (as Hairer's codes do).
             lands = 1.01 * h >= remaining and not overshoot
@@ -232,7 +214,7 @@ class AdaptiveRK:
                 h_step = h_dev = remaining / 2 if remaining < 2 * h and not overshoot else h
                 t_new, t_new_host = tn + h_step, tn_host + h_step
                 if t_new_host == tn_host:
-                    raise NonFiniteError(f"step size underflow at t={user_t(tn_host):.6g} (h={h:.3g}); "
+                    raise StepUnderflowError(f"step size underflow at t={user_t(tn_host):.6g} (h={h:.3g}); "
                                          "the problem may be stiff or the dynamics non-finite")
             on_jump = lands and on_stop and stop_is_jump[next_stop]
             if on_step is not None:
@@ -283,6 +265,7 @@ class AdaptiveRK:
             while j < n_out and (t_host[j] < t_new_host or overshoot and t_host[j] == t_new_host):
                 j += 1
             if j > next_out:
+                budget.output_reached()
                 blocks.append(self._interpolate(co, *out_times(t[next_out:j], tn), state_time(h_dev), y, y1, f0, f1, k))
             if reached:  # the final output time itself: take the step's end point exactly
                 blocks.append(y1[None])

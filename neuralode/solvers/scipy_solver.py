@@ -21,7 +21,6 @@ matrix (still error-controlled, possibly more steps).
 """
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -29,7 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from neuralode.solvers.common import Counter, Dynamics, MaxNumStepsError
+from neuralode.solvers.common import Counter, Dynamics, StepBudget
+from neuralode.solvers.method import Method
 from neuralode.solvers.norms import Norm, Tolerance
 
 DEFAULT_SOLVER = "LSODA"
@@ -51,13 +51,12 @@ def _host_tolerance(tol: Tolerance) -> float | np.ndarray:
     return tol.detach().to("cpu", torch.float64).numpy() if torch.is_tensor(tol) else tol
 
 
-class ScipySolver:
+class ScipySolver(Method):
     name = "scipy_solver"
     adaptive = True
     increasing_time_only = True
-    valid_options = ("solver", "min_step", "max_step", "max_num_steps")
+    valid_options = ("solver", "min_step", "max_step", "max_num_steps", "max_steps_per_solve")
     backpropagates = False  # NumPy steps: gradients only through odeint_adjoint
-    valid_callbacks = frozenset()
 
     def solve(self, f: Dynamics, y0: torch.Tensor, t: torch.Tensor, t_host: list[float], *,
               rtol: Tolerance, atol: Tolerance, norm: Norm, options: Mapping[str, Any], counter: Counter,
@@ -75,7 +74,6 @@ class ScipySolver:
             settings["min_step"] = float(options["min_step"])
         if method == "LSODA" and n > _DENSE_JACOBIAN_MAX_N:
             settings.update(lband=0, uband=0)
-        max_steps = options.get("max_num_steps") or math.inf
 
         dtype, device = y0.dtype, y0.device
         # The first call runs with autograd as the caller has it: whether its result carries a gradient tells
@@ -95,12 +93,10 @@ class ScipySolver:
         out = np.empty((len(t_host), n))
         out[0] = y0_host
         done, steps = 1, 0
+        budget = StepBudget(options, lambda: f"scipy_solver ({method}) reached t={time_sign * solver.t:.6g} of "
+                                             f"[{time_sign * t_host[0]:.6g}, {time_sign * t_host[-1]:.6g}]")
         while done < len(t_host):
-            if steps >= max_steps:
-                raise MaxNumStepsError(f"max_num_steps={max_steps} exceeded: scipy_solver ({method}) reached "
-                                       f"t={time_sign * solver.t:.6g} of [{time_sign * t_host[0]:.6g}, "
-                                       f"{time_sign * t_host[-1]:.6g}]; loosen rtol/atol or raise "
-                                       "options['max_num_steps']")
+            budget.spend()
             message = solver.step()
             if solver.status == "failed":
                 raise RuntimeError(f"scipy_solver ({method}) failed at t={time_sign * solver.t:.6g}: {message}")
@@ -109,6 +105,7 @@ class ScipySolver:
             while reached < len(t_host) and t_host[reached] <= solver.t:
                 reached += 1
             if reached > done:
+                budget.output_reached()
                 out[done:reached] = solver.dense_output()(np.asarray(t_host[done:reached])).T
                 done = reached
         counter.accepted += steps

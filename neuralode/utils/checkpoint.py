@@ -19,7 +19,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from neuralode.config import Config, ConfigError, validate
+from neuralode.config import Config, validate
+from neuralode.errors import CheckpointError, ConfigError
 from neuralode.utils.files import write_atomic
 
 try:
@@ -29,10 +30,6 @@ except ImportError:  # numpy is optional for torch; without it there is no numpy
 
 CHECKPOINT_NAME = "last.pt"
 _REQUIRED_KEYS = ("model", "epoch", "config")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable or not one of ours."""
 
 
 def checkpoint_path(path_or_run_dir: str | Path) -> Path:

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 from runner_helpers import compose_config, toy_config
 
 from neuralode.config import ConfigError, config_dir, run_name, validate
-from neuralode.models.odeblock import RUNNER_CONTROLLER, RUNNER_MAX_NUM_STEPS, SolverSpec
-from neuralode.solvers import SOLVERS
+from neuralode.models.odeblock import RUNNER_CONTROLLER, RUNNER_MAX_STEPS_PER_SOLVE, RUNNER_OPTIONS, ODEBlock, SolverSpec
+from neuralode.solvers import SOLVERS, MaxNumStepsError, odeint
 
 
 def test_defaults_pick_every_group():
@@ -36,7 +37,8 @@ def test_lsoda_preset_is_the_paper_solver_family():
     assert OmegaConf.to_container(cfg.solver)["options"] == {"solver": "LSODA"}
     validate(cfg)
     spec = SolverSpec.from_config(cfg.solver, default_tol=cfg.task.default_tol)
-    assert (spec.method, spec.options) == ("scipy_solver", {"solver": "LSODA", "max_num_steps": RUNNER_MAX_NUM_STEPS})
+    assert (spec.method, spec.options) == ("scipy_solver", {"solver": "LSODA",
+                                                          "max_steps_per_solve": RUNNER_MAX_STEPS_PER_SOLVE})
 
 
 @pytest.mark.parametrize(("overrides", "rtol", "atol"), [
@@ -70,27 +72,47 @@ def test_overrides_and_options():
 
 
 def test_the_runner_caps_adaptive_steps_and_the_options_override_it():
-    runner = {"max_num_steps": RUNNER_MAX_NUM_STEPS, "controller": RUNNER_CONTROLLER}
-    assert SolverSpec.from_config(toy_config().solver, 1e-3).options == runner
-    assert SolverSpec.from_config(toy_config("++solver.options.max_num_steps=7", "++solver.options.controller=integral")
-                                  .solver, 1e-3).options == {"max_num_steps": 7, "controller": "integral"}
+    assert SolverSpec.from_config(toy_config().solver, 1e-3).options == RUNNER_OPTIONS
+    assert SolverSpec.from_config(toy_config("++solver.options.max_steps_per_solve=7", "++solver.options.dtype=float64",
+                                             "++solver.options.controller=integral").solver, 1e-3).options == {
+        "max_steps_per_solve": 7, "controller": "integral", "dtype": "float64"}
+    # max_num_steps is torchdiffeq's per-interval cap: it adds to the runner's per-solve one.
+    assert SolverSpec.from_config(toy_config("++solver.options.max_num_steps=7").solver, 1e-3).options == {
+        **RUNNER_OPTIONS, "max_num_steps": 7}
     assert SolverSpec.from_config(toy_config("solver=rk4").solver, 1e-3).options == {}  # fixed steps: no cap
 
 
 def test_a_time_dtype_is_given_by_name(train_toy):
     validate(toy_config("++solver.options.dtype=float64"))
-    with pytest.raises(ConfigError, match=r"solver.options\['dtype'\] must be a floating torch.dtype"):
+    with pytest.raises(ConfigError, match=r"solver.options\['dtype'\] must be torch.float32 or torch.float64"):
         validate(toy_config("++solver.options.dtype=float65"))
     _, records = train_toy("++solver.options.dtype=float64", "trainer.epochs=1")
     assert records[0]["nfe_forward"] > 0
+
+
+def test_the_runner_keeps_its_numerics():
+    """The runner's policy keeps what runs were trained with before odeint took torchdiffeq's defaults: time in the
+    state's dtype (not float64) and a step cap over each whole solve (not per output interval)."""
+    func = lambda t, y: torch.stack([y[1], -(t / 10) ** 2 * y[0]])  # noqa: E731
+    y0, t = torch.tensor([1.0, 0.0]), torch.linspace(100.0, 102.0, 11)
+    block = ODEBlock(func, SolverSpec.from_config(toy_config("solver.adjoint=false").solver, 1e-5))
+    state_dtype_time = odeint(func, y0, t, rtol=1e-5, atol=1e-5, options=dict(controller=RUNNER_CONTROLLER,
+                                                                               dtype=torch.float32))
+    assert torch.equal(block(y0, t, last_only=False), state_dtype_time)
+    assert not torch.equal(odeint(func, y0, t, rtol=1e-5, atol=1e-5, options=dict(controller=RUNNER_CONTROLLER)),
+                           state_dtype_time)
+    capped = ODEBlock(func, SolverSpec.from_config(toy_config("solver.adjoint=false",
+                                                              "++solver.options.max_steps_per_solve=30").solver, 1e-5))
+    with pytest.raises(MaxNumStepsError, match="max_steps_per_solve=30"):
+        capped(y0, t, last_only=False)
+    odeint(func, y0, t, rtol=1e-5, atol=1e-5, options=dict(controller=RUNNER_CONTROLLER, max_num_steps=30))
 
 
 def test_adjoint_options_add_to_the_forward_options():
     cfg = toy_config("++solver.options.max_num_steps=50", "++solver.options.norm=seminorm",
                      "++solver.adjoint_options.norm=seminorm", "++solver.adjoint_options.first_step=0.1")
     spec = SolverSpec.from_config(cfg.solver, default_tol=cfg.task.default_tol)
-    assert spec.backward_options() == {"max_num_steps": 50, "controller": RUNNER_CONTROLLER, "norm": "seminorm",
-                                       "first_step": 0.1}
+    assert spec.backward_options() == {**RUNNER_OPTIONS, "max_num_steps": 50, "norm": "seminorm", "first_step": 0.1}
     assert SolverSpec(options={"max_num_steps": 50}).backward_options() is None  # odeint_adjoint inherits itself
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from neuralode.config import ConfigError
 from neuralode.evaluate import evaluate_checkpoint, format_result, record_result
+from neuralode.models.odeblock import RUNNER_OPTIONS
 from neuralode.utils.checkpoint import CheckpointError
 
 
@@ -32,8 +33,7 @@ def test_solver_changes(trained):
     assert finer["nfe_eval"] == 32 and finer["options"] == {"step_size": 0.125}
     adaptive = evaluate_checkpoint(run_dir, {"method": "dopri5", "tol": 1e-6, "atol": 1e-8}, task_module="toy_task")
     # rk4's step_size dropped; the runner's step cap and controller added for the adaptive method
-    assert (adaptive["rtol"], adaptive["atol"], adaptive["options"]) == (1e-6, 1e-8, {"max_num_steps": 10_000,
-                                                                                      "controller": "pi"})
+    assert (adaptive["rtol"], adaptive["atol"], adaptive["options"]) == (1e-6, 1e-8, RUNNER_OPTIONS)
     loose = evaluate_checkpoint(run_dir, {"method": "dopri5", "tol": 1e-1}, task_module="toy_task")
     assert loose["nfe_eval"] < adaptive["nfe_eval"]
 

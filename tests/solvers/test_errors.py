@@ -152,3 +152,60 @@ def test_a_step_at_min_step_is_accepted(float64_single_thread):
                method="dopri5", options=dict(min_step=0.05, first_step=0.05), stats=stats)
     assert stats.steps_rejected_forward == 0 and stats.steps_accepted_forward == 20
     assert torch.isfinite(y).all()
+
+
+def test_errors_form_one_hierarchy_and_keep_their_builtin_bases():
+    from neuralode.errors import CheckpointError, ConfigError, DataError, NeuralodeError
+    from neuralode.solvers import SolverError, StepUnderflowError
+
+    for error, builtin in ((MaxNumStepsError, RuntimeError), (NonFiniteError, FloatingPointError),
+                           (StepUnderflowError, NonFiniteError), (ConfigError, ValueError), (DataError, ValueError),
+                           (CheckpointError, ValueError)):
+        assert issubclass(error, NeuralodeError) and issubclass(error, builtin)
+    assert issubclass(MaxNumStepsError, SolverError) and issubclass(NonFiniteError, SolverError)
+
+
+def test_step_size_underflow_has_its_own_error():
+    from neuralode.solvers import StepUnderflowError
+
+    # Far from t = 0 float64 time cannot represent the steps this fast decay needs.
+    with pytest.raises(StepUnderflowError, match=r"step size underflow at t=1e\+16"):
+        odeint(lambda t, y: -1e3 * y, torch.ones(1), torch.tensor([1e16, 1e16 + 100.0]))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("method", ["dopri5", "bosh3", "rk4"])
+def test_half_precision_states_are_refused_in_one_line(dtype, method):
+    """bf16 dopri5 on y' = -y ended at 1,048,576 instead of 0.368: refused, with what to do instead."""
+    with pytest.raises(TypeError, match=f"y0 must be floating point .*got {dtype}; half precision cannot .*float32"):
+        odeint(lambda t, y: -y, torch.ones(1, dtype=dtype), torch.tensor([0.0, 1.0]), method=method)
+    with pytest.raises(TypeError, match=r"y0 must be floating point"):
+        odeint(lambda t, y: tuple(-p for p in y), (torch.ones(1), torch.ones(1, dtype=dtype)), torch.tensor([0.0, 1.0]))
+
+
+def test_a_tiny_fixed_step_over_a_long_span_is_refused_at_once():
+    """rk4 with step_size=1e-9 over [0, 1e4] built a list of grid points without bound (2.7 GB in 8 s)."""
+    with pytest.raises(ValueError, match=r"step_size'\]=1e-09 over \[0, 10000\] makes 1e\+13 steps, more than the "
+                                         r"10,000,000 a fixed-grid solve takes"):
+        odeint(lambda t, y: -y, torch.ones(1), torch.tensor([0.0, 1e4]), method="rk4", options=dict(step_size=1e-9))
+
+
+def test_min_step_above_max_step_is_refused():
+    with pytest.raises(ValueError, match=r"min_step=0.5 is above max_step=0.1; min_step must be <= max_step"):
+        odeint(lambda t, y: -y, torch.ones(1), T, options=dict(min_step=0.5, max_step=0.1))
+
+
+def test_an_event_fn_returning_nan_fails_instead_of_hanging():
+    y0, t = torch.ones(1), torch.tensor([0.0, 1.0])
+    with pytest.raises(ValueError, match=r"event_fn\(t0, y0\) returned \[nan\]; it must be finite"):
+        odeint(lambda t, y: -y, y0, t, event_fn=lambda t, y: y.sum() * float("nan"))
+    # Finite at t0, NaN later along the solution.
+    with pytest.raises(NonFiniteError, match=r"event_fn returned nan at t=.*; it must stay finite"):
+        odeint(lambda t, y: -y, y0, t, event_fn=lambda t, y: torch.where(t > 0.5, float("nan"), 1.0) * y.sum())
+
+
+@pytest.mark.parametrize("returned, got", [("x", "str"), (1.0, "float"),
+                                           (torch.tensor(1), r"a torch.int64 tensor of shape \(\)")])
+def test_an_event_fn_returning_no_float_tensor_gets_one_line(returned, got):
+    with pytest.raises(TypeError, match=rf"event_fn\(t, y\) must return a real floating-point tensor .*, got {got}$"):
+        odeint(lambda t, y: -y, torch.ones(1), torch.tensor([0.0, 1.0]), event_fn=lambda t, y: returned)

@@ -131,8 +131,9 @@ def test_jump_t_resolves_a_discontinuity_like_torchdiffeq(sign: float):
     assert stats.nfe_forward == len(theirs.times)  # the default controller takes torchdiffeq's steps
 
 
-def test_dtype_keeps_time_in_float64_for_a_float32_state():
-    # Far from t = 0 a float32 time loses the step sizes; dtype=float64 keeps them, and f still sees float32 times.
+def test_time_is_float64_by_default_for_a_float32_state():
+    # Far from t = 0 a float32 time loses the step sizes; float64 time (the default, as torchdiffeq's, or
+    # dtype=float64) keeps them, dtype=float32 keeps time in the state's dtype, and f always sees float32 times.
     seen: set[torch.dtype] = set()
 
     def drifting(s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -145,7 +146,9 @@ def test_dtype_keeps_time_in_float64_for_a_float32_state():
     seen.clear()
     wide = odeint(drifting, y0, t, rtol=1e-6, atol=1e-7, options=dict(dtype=torch.float64))
     assert seen == {torch.float32} and wide.dtype == torch.float32
-    narrow = odeint(drifting, y0, t, rtol=1e-6, atol=1e-7)
+    assert torch.equal(odeint(drifting, y0, t, rtol=1e-6, atol=1e-7), wide)
+    assert torch.equal(odeint(drifting, y0, t, rtol=1e-6, atol=1e-7, options=dict(dtype="float64")), wide)
+    narrow = odeint(drifting, y0, t, rtol=1e-6, atol=1e-7, options=dict(dtype=torch.float32))
     theirs = torchdiffeq.odeint(drifting, y0, t, rtol=1e-6, atol=1e-7)  # float64 time by default
     wide_error = (wide.double() - exact).abs().max()
     assert wide_error < 1e-5
@@ -162,7 +165,8 @@ def test_dtype_keeps_time_in_float64_for_a_float32_state():
     ("rk4", dict(grid_constructor=lambda f, y0, t: torch.tensor([0.0, 0.7, 0.5, 1.0])), "strictly monotone"),
     ("dopri5", dict(step_t=[0.2, float("nan")]), "'step_t'.* must be a 1-D tensor or sequence of finite times"),
     ("dopri5", dict(step_t=[0.2], jump_t=torch.tensor([0.2], dtype=torch.float64)), "must not repeat a time"),
-    ("dopri5", dict(dtype=torch.int32), "'dtype'.* must be a floating torch.dtype"),
+    ("dopri5", dict(dtype=torch.int32), "'dtype'.* must be torch.float32 or torch.float64"),
+    ("dopri5", dict(dtype="double"), "'dtype'.* must be torch.float32 or torch.float64"),
 ])
 def test_bad_option_values_fail_in_one_line(method: str, options: dict, message: str):
     with pytest.raises(ValueError, match=message) as info:
