@@ -165,7 +165,8 @@ def generate_dynamics(system: System, *, t_end: float, n_points: int, extrapolat
     clean = at_times(train, solved_at, times)
     values = clean + noise_std * torch.randn(clean.shape, generator=gen, dtype=torch.float64)
     data = DynamicsData(
-        system=system, train=Observations(times, values, clean, y0), irregular=irregular, t_end=t_end, grid=grid, n_train_grid=n_points,
+        system=system, train=Observations(times, values, clean, y0), irregular=irregular, t_end=t_end, grid=grid,
+        n_train_grid=n_points,
         grid_truth=at_times(train, solved_at, grid), midpoints=midpoints, mid_truth=at_times(train, solved_at, midpoints),
         test_y0=test_y0, test_truth=at_times(test, solved_at, grid[:n_points]))
     return data.apply(torch.Tensor.float)

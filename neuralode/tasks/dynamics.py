@@ -93,11 +93,13 @@ def validate_config(cfg: DictConfig) -> tuple[DynamicsTaskConfig, DynamicsDataCo
     data = validated(DynamicsDataConfig, cfg.data, "data")
     model = validated(MODEL_SCHEMAS[model_name], cfg.model, "model")
     check(task.default_tol > 0 and task.lr > 0, f"task.default_tol and task.lr must be > 0, got {task.default_tol}, {task.lr}")
-    check(task.lr_schedule in LR_SCHEDULES, f"task.lr_schedule={task.lr_schedule!r} is unknown; use one of: {', '.join(LR_SCHEDULES)}")
+    check(task.lr_schedule in LR_SCHEDULES,
+          f"task.lr_schedule={task.lr_schedule!r} is unknown; use one of: {', '.join(LR_SCHEDULES)}")
     check(task.iters_per_epoch >= 1 and task.figure_grid >= 2,
           f"task.iters_per_epoch must be >= 1 and task.figure_grid >= 2, got {task.iters_per_epoch}, {task.figure_grid}")
     check(data.t_end > 0 and data.extrapolate >= 0 and data.noise_std >= 0,
-          f"data.t_end must be > 0, data.extrapolate and data.noise_std >= 0; got {data.t_end}, {data.extrapolate}, {data.noise_std}")
+          f"data.t_end must be > 0, data.extrapolate and data.noise_std >= 0; got {data.t_end}, {data.extrapolate}, "
+          f"{data.noise_std}")
     check(data.n_points >= 2, f"data.n_points must be >= 2 (a start and something to predict), got {data.n_points}")
     check(data.n_trajectories >= 1 and data.n_test >= 1 and data.batch_size >= 1,
           f"data.n_trajectories, data.n_test and data.batch_size must be >= 1, got {data.n_trajectories}, "
