@@ -15,6 +15,7 @@ TASKS: dict[str, str] = {
     "cnf": "neuralode.tasks.cnf",
     "cnf_match": "neuralode.tasks.cnf_match",
     "poisson": "neuralode.tasks.poisson",
+    "dynamics": "neuralode.tasks.dynamics",
 }
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 
@@ -54,3 +56,19 @@ class Task(Protocol):
     def save_figures(self, out_dir: Path) -> list[Path]:
         """Write the task's PNG figures into ``out_dir``; return their paths."""
         ...
+
+
+def validated(schema: type, node: Any, where: str) -> Any:
+    """Merge the config ``node`` into the dataclass ``schema``'s defaults: a typed object, with a type or key
+    error as one line naming the key (``where`` is its group, e.g. ``data``)."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
+    except OmegaConfBaseException as e:
+        key = f"{where}.{e.full_key}" if getattr(e, "full_key", None) else where
+        raise ValueError(f"{key}: {str(e).splitlines()[0]}") from None
+
+
+def check(ok: bool, message: str) -> None:
+    """Raise ``ValueError(message)`` (a bad config value: one line, exit code 2) unless ``ok``."""
+    if not ok:
+        raise ValueError(message)

@@ -22,13 +22,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig
 
 from neuralode.data.mnist import IMAGE_DATASETS, DataError, class_names, load_split
 from neuralode.models.mnist import MODELS, build_mnist_model, count_parameters
 from neuralode.models.odeblock import SolverSpec
 from neuralode.tasks.base import StepOutput
+from neuralode.tasks.base import check as _check
+from neuralode.tasks.base import validated as _validated
 
 log = logging.getLogger(__name__)
 
@@ -83,20 +84,6 @@ class MLPConfig:
 
 LR_SCHEDULES = ("step", "cosine")
 _MODEL_SCHEMAS = {"odenet": ConvModelConfig, "rknet": ConvModelConfig, "resnet": ResNetConfig, "mlp": MLPConfig}
-
-
-def _validated(schema: type, node: Any, where: str) -> Any:
-    """Merge ``node`` into ``schema``'s defaults; type or key errors become one line naming the key."""
-    try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
-    except OmegaConfBaseException as e:
-        key = f"{where}.{e.full_key}" if getattr(e, "full_key", None) else where
-        raise ValueError(f"{key}: {str(e).splitlines()[0]}") from None
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
 
 
 def validate_config(cfg: DictConfig) -> tuple[MnistTaskConfig, MnistDataConfig, Any]:

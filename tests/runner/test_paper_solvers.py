@@ -18,6 +18,7 @@ TASKS = {
     "cnf": ("task=cnf",),
     "cnf_match": ("task=cnf_match",),
     "poisson": ("task=poisson",),
+    "dynamics": ("task=dynamics",),
 }
 
 

@@ -149,7 +149,8 @@ def test_value_checks(override: str, message: str):
 
 TASK_MODELS = {"mnist": ("odenet", "rknet", "resnet", "mlp"), "spiral": ("latent_ode", "rnn", "rnn_dt"),
                "cnf": ("cnf", "planar"), "cnf_match": ("cnf", "planar"),
-               "poisson": ("latent_ode_poisson", "poisson_const")}
+               "poisson": ("latent_ode_poisson", "poisson_const"),
+               "dynamics": ("node", "rnn", "rnn_dt", "resnet_euler")}
 
 
 @pytest.mark.parametrize("profile", ["smoke", "quick", "full"])
