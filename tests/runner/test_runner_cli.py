@@ -219,5 +219,5 @@ def test_eval_takes_a_thread_count(monkeypatch, capsys, tmp_path: Path):
     monkeypatch.setattr(sys, "argv", ["neuralode"])
     monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
     GlobalHydra.instance().clear()
-    main(["eval", f"checkpoint={run_dir}", "threads=2"])  # returns: no error
+    main(["eval", f"checkpoint={run_dir}", "task_module=toy_task", "threads=2"])  # returns: no error
     assert torch.get_num_threads() == 2 and "test_rmse" in capsys.readouterr().out  # the conftest restores it
