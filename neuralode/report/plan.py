@@ -73,6 +73,10 @@ class ProfileSpec:
     figure3_paper_tolerances: tuple[float, ...] = FIG3_ACCURACY_TOLS
 
 
+# The course exercise beyond the paper (task=dynamics): both systems, sampled at irregular times, where the
+# neural ODE should beat the RNN given the gaps and the fixed-step ResNet-as-Euler should fail.
+DYNAMICS_SYSTEMS = ("cubic", "lotka_volterra")
+DYNAMICS_MODELS = ("node", "rnn_dt", "resnet_euler")
 FIG4_TARGETS = ("ring_modes", "wave", "split_wave")
 FIG5_DATASETS = ("two_circles", "two_moons")
 
@@ -132,4 +136,11 @@ def _experiments(profile: str, data: DataChoice) -> list[Run]:
         runs.append(Run(f"figure5/{ds}/planar_k{k}", "figure5",
                         ("task=cnf", "model=planar", f"model.flows={k}", f"data={ds}", p),
                         {"model": "planar", "data": ds, "size": k}))
+    for system in DYNAMICS_SYSTEMS:
+        for model in DYNAMICS_MODELS:
+            # The course's y**3 input feature for the models with a vector field on the cubic oscillator.
+            cubic = ("model.cubic_feature=true",) if system == "cubic" and model != "rnn_dt" else ()
+            runs.append(Run(f"dynamics/{system}/{model}", "dynamics",
+                            ("task=dynamics", f"data={system}", "data.irregular=true", f"model={model}", *cubic, p),
+                            {"model": model, "data": system}))
     return runs

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from neuralode.report import figure3, figures, paper, tables, verdicts
+from neuralode.report.dynamics import dynamics_table, summarize_dynamics_run
 from neuralode.report.plan import Run
 from neuralode.report.runs import RunGroup, RunSummary, load_run
 from neuralode.utils.files import read_json
@@ -259,6 +260,8 @@ def write_report(profile: str, plan: list[Run], runs_dir: Path, report_dir: Path
         out += [_img(report_dir, figures.image_grid(rows, fig_dir / "figure5_density.png"),
                      "Figure 5 densities"), ""]
 
+    out += _dynamics_section(by_section.get("dynamics", []), groups, report_dir, fig_dir, len(seeds) > 1)
+
     # Commands and status
     out += ["## Runs", "", "| Run | Status | Epochs | Command |", "|---|---|---|---|"]
     for r in plan:
@@ -276,6 +279,28 @@ def write_report(profile: str, plan: list[Run], runs_dir: Path, report_dir: Path
     path = report_dir / "REPORT.md"
     path.write_text("\n".join(out))
     return path
+
+
+def _dynamics_section(runs: list[Run], groups: dict[str, RunGroup], report_dir: Path, fig_dir: Path,
+                      several_seeds: bool) -> list[str]:
+    """The course exercise beyond the paper: each model's errors beside the targets, and the neural ODE's time
+    series per system."""
+    if not runs:
+        return []
+    summaries = [s for r in runs if (s := summarize_dynamics_run(groups[r.base].run_dir)) is not None]
+    out = ["## Beyond the paper: learning dynamics from trajectories (the course exercise)", "",
+           "`task=dynamics`: a neural ODE, an RNN given the time gaps and a fixed-step ResNet-as-Euler, trained on "
+           "trajectories observed at irregular times; errors are relative L2 over the training span, an "
+           "extrapolation span as long, and unseen initial conditions" + (" (first seed)" if several_seeds else "")
+           + ".", ""]
+    out += [dynamics_table(summaries) if summaries else "_no finished run_", ""]
+    for r in runs:
+        if r.meta["model"] == "node":
+            copied = _copy_figure(groups[r.base].run_dir / "figures" / "dynamics_node_timeseries.png",
+                                  fig_dir / f"dynamics_{r.meta['data']}_node.png")
+            if copied:
+                out += [_img(report_dir, copied, f"{r.meta['data']}: neural ODE time series"), ""]
+    return out
 
 
 def _keyed(by_section: dict[str, list[Run]], groups: dict[str, RunGroup]) -> tuple[dict, dict, dict, dict, dict]:

@@ -319,3 +319,25 @@ def test_tiled_task_figures_keep_their_own_pixel_size(tmp_path: Path) -> None:
     out = image_grid([[("ring_modes: CNF M=2", src)], [("", None)]], tmp_path / "grid.png")
     with Image.open(out) as im:
         assert im.width == 960 and im.height > 2 * 340
+
+
+def test_the_course_exercise_section_lists_every_dynamics_run_beside_the_targets(runs_dir: Path, tmp_path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    plan = build_plan("smoke", DataChoice("fashion_mnist"))
+    dynamics = [r for r in plan if r.section == "dynamics"]
+    assert {(r.meta["data"], r.meta["model"]) for r in dynamics} == {
+        (system, model) for system in ("cubic", "lotka_volterra") for model in ("node", "rnn_dt", "resnet_euler")}
+    assert all("data.irregular=true" in r.overrides for r in dynamics)
+    node = runs_dir / "dynamics/cubic/node"
+    write_metrics(node, [{**common(1, 32.0), "rel_l2_train": 0.031, "rel_l2_extrap": 0.2, "field_rel_l2": 0.05}])
+    (node / ".hydra").mkdir()
+    (node / ".hydra/config.yaml").write_text("data:\n  name: cubic\n  irregular: true\n"
+                                             "model:\n  name: node\n  cubic_feature: true\n")
+    (node / "figures").mkdir()
+    Figure(figsize=(2, 2)).savefig(node / "figures/dynamics_node_timeseries.png")
+    text = write_report("smoke", plan, runs_dir, tmp_path / "report").read_text()
+    section = text.split("## Beyond the paper: learning dynamics")[1].split("## Runs")[0]
+    assert "| cubic | irregular | node (cubic feature) | 1 | 3.1 % (met) | 20.0 % (target 15 %) |" in section
+    assert "![cubic: neural ODE time series](figures/dynamics_cubic_node.png)" in section
+    assert "`dynamics/lotka_volterra/rnn_dt`" in text.split("## Runs")[1]  # not yet trained: listed as missing
