@@ -1,6 +1,8 @@
 """Fixtures shared across test folders."""
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -14,3 +16,17 @@ def float64_single_thread():
     yield
     torch.set_default_dtype(dtype)
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """A command run in-process (``cli.main``) lets Hydra configure the root logger, with a file handler into that
+    test's run dir; a later test's log lines must not go to it (the dir may be gone)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            handler.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)
