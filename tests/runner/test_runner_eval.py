@@ -48,23 +48,25 @@ def test_bad_requests(trained, tmp_path):
 
 def test_a_fixed_step_method_is_shown_with_its_step_size_and_needs_one(trained):
     run_dir, _ = trained
-    result = evaluate_checkpoint(run_dir)
+    result = evaluate_checkpoint(run_dir, task_module="toy_task")
     assert "[rk4 step_size=0.25, epoch 1]" in format_result(result) and "rtol" not in format_result(result)
     with pytest.raises(ConfigError, match="solver.method=euler takes fixed steps; set their size"):
-        evaluate_checkpoint(run_dir, {"method": "euler"})  # rk4's step size is dropped with the method
+        evaluate_checkpoint(run_dir, {"method": "euler"}, task_module="toy_task")  # rk4's step size is dropped with the method
 
 
 def test_lsoda_is_named_lsoda(trained):
     pytest.importorskip("scipy")
     run_dir, _ = trained
-    result = evaluate_checkpoint(run_dir, {"method": "scipy_solver", "options": {"solver": "LSODA"}, "tol": 1e-2})
+    result = evaluate_checkpoint(run_dir, {"method": "scipy_solver", "options": {"solver": "LSODA"}, "tol": 1e-2},
+                                 task_module="toy_task")
     assert result["solver"] == "lsoda" and "[lsoda rtol=0.01 atol=0.01" in format_result(result)
 
 
 def test_rerunning_an_evaluation_replaces_its_line(trained, tmp_path):
     run_dir, _ = trained
     out = tmp_path / "sweep.jsonl"
-    coarse, fine = evaluate_checkpoint(run_dir), evaluate_checkpoint(run_dir, {"options": {"step_size": 0.125}})
+    coarse = evaluate_checkpoint(run_dir, task_module="toy_task")
+    fine = evaluate_checkpoint(run_dir, {"options": {"step_size": 0.125}}, task_module="toy_task")
     for result in (coarse, fine, {**coarse, "eval_time_s": 9.0}):
         record_result(out, result)
     rows = [json.loads(line) for line in out.read_text().splitlines()]

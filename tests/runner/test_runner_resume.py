@@ -25,7 +25,7 @@ def epochs_logged(path: Path) -> list[int]:
 def test_sigkill_then_same_command_resumes(tmp_path: Path):
     # 4 batches x 0.1 s per epoch: long enough to land the kill inside epoch 3.
     args = ("train", SEARCHPATH, *TOY, "trainer.epochs=4", "task.step_delay=0.1")
-    metrics = tmp_path / "outputs" / "toy" / "task.step_delay=0.1,trainer.epochs=4" / "metrics.jsonl"
+    metrics = tmp_path / "outputs" / "toy" / "task.step_delay=0.1" / "metrics.jsonl"  # trainer.epochs is not in the name
     proc = subprocess.Popen([str(NEURALODE), *args], cwd=tmp_path, env=cli_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -50,7 +50,7 @@ def test_sigkill_then_same_command_resumes(tmp_path: Path):
 def test_signal_stops_at_a_safe_point_with_one_line_and_the_same_command_resumes(tmp_path: Path, signum: int,
                                                                                  code: int):
     args = ("train", SEARCHPATH, *TOY, "trainer.epochs=4", "task.step_delay=0.1")
-    metrics = tmp_path / "outputs" / "toy" / "task.step_delay=0.1,trainer.epochs=4" / "metrics.jsonl"
+    metrics = tmp_path / "outputs" / "toy" / "task.step_delay=0.1" / "metrics.jsonl"  # trainer.epochs is not in the name
     proc = subprocess.Popen([str(NEURALODE), *args], cwd=tmp_path, env=cli_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
