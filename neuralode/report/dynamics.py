@@ -18,13 +18,16 @@ COLUMNS = (("rel_l2_train", "rel. L2 train span"), ("rel_l2_extrap", "rel. L2 ex
 
 def summarize_dynamics_run(run_dir: Path) -> dict[str, Any] | None:
     """System, sampling, model, epochs, the last epoch's metrics (``COLUMNS``), total training time, whether
-    each ``TARGETS`` error is met (model=node only), and the run's figures; None without metrics."""
+    each ``TARGETS`` error is met (model=node only), and the run's figures; None without metrics or a recorded
+    config."""
     run_dir = Path(run_dir)
     records = read_metrics(run_dir)
     if not records:
         return None
     config = read_run_config(run_dir)
     data, model = config.get("data", {}), config.get("model", {})
+    if not isinstance(model.get("name"), str) or not isinstance(data.get("name"), str):
+        return None  # no recorded config (.hydra/config.yaml) to say which system and model it is
     last = records[-1]
     is_node = model.get("name") == "node"
     return {

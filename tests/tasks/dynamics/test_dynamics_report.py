@@ -40,3 +40,9 @@ def test_baselines_have_no_targets_and_a_missing_run_none(tmp_path: Path):
     assert summary["targets_met"] == {}
     assert "| 90.0 % |" in dynamics_table([summary])
     assert summarize_dynamics_run(tmp_path / "absent") is None
+
+
+def test_a_run_without_its_recorded_config_is_not_summarised(tmp_path: Path):
+    run = fake_run(tmp_path / "node", "node", rel_l2_train=0.04)
+    (run / ".hydra" / "config.yaml").unlink()  # e.g. a run a refused command never recorded
+    assert summarize_dynamics_run(run) is None
