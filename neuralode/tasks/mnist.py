@@ -27,9 +27,7 @@ from omegaconf import DictConfig
 from neuralode.data.mnist import IMAGE_DATASETS, DataError, class_names, load_split
 from neuralode.models.mnist import MODELS, build_mnist_model, count_parameters
 from neuralode.models.odeblock import SolverSpec
-from neuralode.tasks.base import StepOutput
-from neuralode.tasks.base import check as _check
-from neuralode.tasks.base import validated as _validated
+from neuralode.tasks.base import StepOutput, check, validated
 
 log = logging.getLogger(__name__)
 
@@ -90,31 +88,31 @@ def validate_config(cfg: DictConfig) -> tuple[MnistTaskConfig, MnistDataConfig, 
     """Typed, range-checked task/data/model sections of the composed config."""
     # Names first: another task's model or data group would otherwise fail as a list of unknown keys.
     model_name, data_name = cfg.model.get("name"), cfg.data.get("name")
-    _check(model_name in _MODEL_SCHEMAS, f"model={model_name} is not an MNIST model; choose one of: {', '.join(MODELS)}")
-    _check(data_name in IMAGE_DATASETS,
+    check(model_name in _MODEL_SCHEMAS, f"model={model_name} is not an MNIST model; choose one of: {', '.join(MODELS)}")
+    check(data_name in IMAGE_DATASETS,
            f"data={data_name} is not an MNIST-style dataset; choose one of: {', '.join(IMAGE_DATASETS)}")
-    task = _validated(MnistTaskConfig, cfg.task, "task")
-    data = _validated(MnistDataConfig, cfg.data, "data")
-    model = _validated(_MODEL_SCHEMAS[model_name], cfg.model, "model")
+    task = validated(MnistTaskConfig, cfg.task, "task")
+    data = validated(MnistDataConfig, cfg.data, "data")
+    model = validated(_MODEL_SCHEMAS[model_name], cfg.model, "model")
 
-    _check(task.default_tol > 0, f"task.default_tol must be > 0, got {task.default_tol}")
-    _check(task.lr > 0, f"task.lr must be > 0, got {task.lr}")
-    _check(task.lr_schedule in LR_SCHEDULES,
+    check(task.default_tol > 0, f"task.default_tol must be > 0, got {task.default_tol}")
+    check(task.lr > 0, f"task.lr must be > 0, got {task.lr}")
+    check(task.lr_schedule in LR_SCHEDULES,
            f"task.lr_schedule={task.lr_schedule!r} is unknown; choose one of: {', '.join(LR_SCHEDULES)}")
-    _check(0 <= task.momentum < 1, f"task.momentum must be in [0, 1), got {task.momentum}")
-    _check(task.weight_decay >= 0, f"task.weight_decay must be >= 0, got {task.weight_decay}")
-    _check(all(0 < f <= 1 for f in task.lr_decay_at),
+    check(0 <= task.momentum < 1, f"task.momentum must be in [0, 1), got {task.momentum}")
+    check(task.weight_decay >= 0, f"task.weight_decay must be >= 0, got {task.weight_decay}")
+    check(all(0 < f <= 1 for f in task.lr_decay_at),
            f"task.lr_decay_at holds fractions of the run's SGD steps in (0, 1], got {task.lr_decay_at}")
-    _check(0 < task.lr_decay_factor <= 1, f"task.lr_decay_factor must be in (0, 1], got {task.lr_decay_factor}")
+    check(0 < task.lr_decay_factor <= 1, f"task.lr_decay_factor must be in (0, 1], got {task.lr_decay_factor}")
     for key in ("batch_size", "test_batch_size"):
-        _check(getattr(data, key) >= 1, f"data.{key} must be >= 1, got {getattr(data, key)}")
+        check(getattr(data, key) >= 1, f"data.{key} must be >= 1, got {getattr(data, key)}")
     for key in ("limit_train", "limit_test"):
         value = getattr(data, key)
-        _check(value is None or value >= 1, f"data.{key} must be null (all) or >= 1, got {value}")
-    _check(data.crop_padding >= 0, f"data.crop_padding must be >= 0, got {data.crop_padding}")
+        check(value is None or value >= 1, f"data.{key} must be null (all) or >= 1, got {value}")
+    check(data.crop_padding >= 0, f"data.crop_padding must be >= 0, got {data.crop_padding}")
     for key in ("channels", "num_blocks", "hidden"):
         value = getattr(model, key, 1)
-        _check(value >= 1, f"model.{key} must be >= 1, got {value}")
+        check(value >= 1, f"model.{key} must be >= 1, got {value}")
     return task, data, model
 
 
