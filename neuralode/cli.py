@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
@@ -53,6 +54,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def _train_app(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
+    from tqdm import tqdm
 
     from neuralode.train import train  # imported here: TensorBoard & co. load only for this command
     from neuralode.utils.interrupt import Interrupted
@@ -68,16 +70,29 @@ def _train_app(cfg: DictConfig) -> None:
             _label_log_lines(f"job #{hydra_cfg.job.num} ({hydra_cfg.job.override_dirname})")
             if cfg.trainer.progress == "auto":  # bars of parallel jobs would redraw over each other's lines
                 cfg.trainer.progress = False
-            # A sweep outlives a failed job: raise, so Hydra records the failure and runs the other jobs;
-            # it re-raises the first failure at the end, which main() reports in one line (exit code 2).
-            train(cfg, run_dir, on_accepted=lambda: _record_config(cfg, run_dir))
-        else:
-            with _reported("neuralode train"):
-                train(cfg, run_dir, on_accepted=lambda: _record_config(cfg, run_dir))
+            # tqdm's default lock is a named semaphore in a launcher's worker process; a worker ended by a stop
+            # (joblib kills them on Ctrl-C or SIGTERM) never frees it, and Python's resource tracker then warns
+            # at exit. Each job's bars are its own process's, so a thread lock is all they need.
+            tqdm.set_lock(threading.RLock())
+        with _file_log_held() as release_file_log:
+            def accepted() -> None:
+                _record_config(cfg, run_dir)
+                release_file_log()
+
+            if hydra_cfg.mode == RunMode.MULTIRUN:
+                # A sweep outlives a failed job: raise, so Hydra records the failure and runs the other jobs;
+                # it re-raises the first failure at the end, which main() reports in one line (exit code 2).
+                train(cfg, run_dir, on_accepted=accepted)
+            else:
+                with _reported("neuralode train"):
+                    train(cfg, run_dir, on_accepted=accepted)
     except Interrupted as e:
-        # Stops a sweep too: SystemExit is not an Exception, so Hydra's launcher does not record and go on.
         _remove_if_unused(run_dir)
         print(f"neuralode train: {e}", file=sys.stderr)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            # Ends the sweep (Hydra's launchers record only an Exception and go on), from a launcher's worker
+            # process too, and main() says so last, whichever stop reaches it first: this one or its own.
+            raise Stopped(e.signum) from None
         sys.exit(e.exit_code)
     except (SystemExit, KeyboardInterrupt, *_user_errors()):
         _remove_if_unused(run_dir)
@@ -96,6 +111,36 @@ def _record_config(cfg: DictConfig, run_dir: Path) -> None:
     for name, node in (("config.yaml", cfg), ("hydra.yaml", OmegaConf.create({"hydra": hydra_cfg})),
                        ("overrides.yaml", hydra_cfg.overrides.task)):
         write_text_atomic(run_dir / ".hydra" / name, OmegaConf.to_yaml(node))
+
+
+@contextlib.contextmanager
+def _file_log_held() -> Iterator[Callable[[], None]]:
+    """Hold the lines meant for the run dir's ``train.log`` back until the command is accepted; the function it
+    yields writes them and lets later lines through. Until then a line logged by anything (a library's warning
+    while the task is built) would create ``train.log``, which keeps a refused command's run dir, or add to an
+    existing run's log. The console shows every line as it comes; a refused command's held lines are dropped."""
+    from logging.handlers import MemoryHandler
+
+    root = logging.getLogger()
+    held = {handler: MemoryHandler(capacity=sys.maxsize, flushLevel=sys.maxsize, target=handler, flushOnClose=False)
+            for handler in root.handlers if isinstance(handler, logging.FileHandler)}
+    for file_handler, buffer in held.items():
+        buffer.setLevel(file_handler.level)
+    buffers = {buffer: file_handler for file_handler, buffer in held.items()}
+    root.handlers = [held.get(handler, handler) for handler in root.handlers]
+
+    def restore() -> None:
+        root.handlers = [buffers.get(handler, handler) for handler in root.handlers]
+
+    def release() -> None:
+        restore()
+        for buffer in held.values():
+            buffer.flush()
+
+    try:
+        yield release
+    finally:
+        restore()  # a no-op once released
 
 
 class _JobLabel(logging.Filter):
@@ -154,42 +199,52 @@ def main(argv: Sequence[str] | None = None) -> None:
     command, rest = args[0], args[1:]
     if command not in COMMANDS:
         _fail("neuralode", f"unknown command {command!r}; use one of: {', '.join(COMMANDS)} (neuralode --help)")
-    config_name, app = COMMANDS[command]
     _check_launcher(command, rest)
+    # Outside the trainer (which handles both signals itself while it trains) a stop is one line, not a traceback:
+    # from here on, start-up included (importing Hydra and torch takes seconds).
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        _run(command, rest)
+    except KeyboardInterrupt as e:  # Ctrl-C, or a Stopped
+        signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
+        print(f"neuralode {command}: stopped by {signal.Signals(signum).name}; every run keeps its last checkpoint, "
+              "and the same command resumes", file=sys.stderr)
+        sys.exit(128 + signum)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(command: str, args: Sequence[str]) -> None:
     import hydra
 
     from neuralode.config import config_dir, register_configs
 
+    config_name, app = COMMANDS[command]
     register_configs()
-    _compose_once(rest)
+    _compose_once(args)
     run = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(app)
     # Hydra reads its overrides from sys.argv and reports errors itself unless HYDRA_FULL_ERROR is set;
     # setting it makes Hydra re-raise, so user errors can be reported here in one line.
     global _wants_traceback
     _wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    sys.argv = [f"neuralode {command}", *(rewrite_override(arg, command) for arg in rest)]
-    # Outside the trainer (which handles both signals itself while it trains) a stop is one line, not a traceback.
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        with _reported(f"neuralode {command}"):
-            run()
-    except KeyboardInterrupt as e:
-        name, code = ("SIGTERM", 143) if isinstance(e, Terminated) else ("SIGINT", 130)
-        print(f"neuralode {command}: stopped by {name}; every run keeps its last checkpoint, and the same command "
-              "resumes", file=sys.stderr)
-        sys.exit(code)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    sys.argv = [f"neuralode {command}", *(rewrite_override(arg, command) for arg in args)]
+    with _reported(f"neuralode {command}"):
+        run()
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM outside the trainer's own handling, raised like Ctrl-C so that every layer unwinds the same way
-    (joblib's launcher then ends its workers, none is left behind)."""
+class Stopped(KeyboardInterrupt):
+    """A stop by signal ``signum``: SIGTERM outside the trainer's own handling, or a sweep job's stop passed up to
+    the sweep; raised like Ctrl-C so that every layer unwinds the same way (joblib's launcher then ends its
+    workers, none is left behind)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)  # the arguments a launcher's worker process pickles it with
+        self.signum = signum
 
 
-def _raise_terminated(_signum: int, _frame: FrameType | None) -> None:
-    raise Terminated()
+def _raise_terminated(signum: int, _frame: FrameType | None) -> None:
+    raise Stopped(signum)
 
 
 _wants_traceback = False

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from hydra.core.global_hydra import GlobalHydra
-from runner_helpers import SEARCHPATH, TOY, cli, toy_config
+from runner_helpers import SEARCHPATH, TOY, cli, run_main, toy_config
 
 from neuralode.cli import main
 from neuralode.train import train
@@ -23,17 +23,6 @@ def assert_one_line_error(returncode: int, stderr: str, prog: str, message: str)
     assert returncode == 2, stderr
     assert lines == [lines[0]] and "Traceback" not in stderr, stderr
     assert lines[0].startswith(f"{prog}: error: ") and message in lines[0], lines[0]
-
-
-def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, cwd: Path, *args: str) -> tuple[int, str]:
-    """``neuralode <args>`` in this process; returns the exit code and stderr."""
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["neuralode"])
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # main() sets it; monkeypatch restores it
-    GlobalHydra.instance().clear()
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    return exit_info.value.code, capsys.readouterr().err
 
 
 @pytest.mark.smoke
@@ -112,6 +101,19 @@ def test_eval_errors_are_one_line(monkeypatch, capsys, tmp_path: Path, args: tup
     code, err = run_main(monkeypatch, capsys, tmp_path, "eval", *args)
     assert_one_line_error(code, err, "neuralode eval", message)
     assert "training then starts over" not in err and "delete" not in err
+
+
+def test_a_truncated_checkpoint_under_eval_is_named_in_one_line(monkeypatch, capsys, tmp_path: Path):
+    """A copy cut short (a full disk, an interrupted transfer): the file is named as damaged, with no run-dir hint."""
+    run_dir = tmp_path / "run"
+    train(toy_config("trainer.epochs=1"), run_dir)
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    whole = ckpt.read_bytes()
+    for size in (0, 64, len(whole) // 2, len(whole) - 1):
+        ckpt.write_bytes(whole[:size])
+        code, err = run_main(monkeypatch, capsys, tmp_path, "eval", f"checkpoint={run_dir}", "task_module=toy_task")
+        assert_one_line_error(code, err, "neuralode eval", f"checkpoint {ckpt} is damaged or not a torch file")
+        assert "hydra.run.dir" not in err, size
 
 
 @pytest.mark.parametrize(("override", "message"), [

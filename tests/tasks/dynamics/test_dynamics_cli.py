@@ -55,3 +55,4 @@ def test_bad_config_is_one_line(tmp_path: Path, override: str, message: str) -> 
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], done.stderr
+    assert not (tmp_path / "run").exists()
