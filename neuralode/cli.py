@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -288,8 +289,11 @@ def rewrite_override(arg: str, command: str) -> str:
     key, eq, value = arg.partition("=")
     if not eq:
         return arg
-    if key in _PATH_KEYS[command] and not value.startswith(("'", '"')):
-        return f"{key}='" + value.replace("'", "\\'") + "'"
+    quoted = len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""  # quoted for Hydra already
+    if key in _PATH_KEYS[command] and not quoted:
+        # Hydra's quoted strings take any character; only quotes, and backslashes before a quote or the closing
+        # one, are escaped.
+        return f"{key}='" + re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), value) + "'"
     if key.startswith(_OPEN_DICTS[command]):
         return "++" + arg
     return arg

@@ -164,12 +164,24 @@ def test_our_own_errors_keep_their_message_over_the_os_error_beneath():
     assert message.startswith("could not download mnist") and "hydra.run.dir" not in message
 
 
-def test_a_run_dir_with_quotes_and_spaces_needs_no_quoting(tmp_path):
+@pytest.mark.parametrize("name", ["it's a run", 'a "run"', "two\nlines", "ends in \\", "\\'", "'", "a\\\\'b",
+                                  "'half quoted"])
+def test_a_path_is_taken_verbatim(name):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from neuralode.cli import rewrite_override
+
+    for key, command in (("hydra.run.dir", "train"), ("checkpoint", "eval")):
+        assert OverridesParser.create().parse_override(rewrite_override(f"{key}={name}", command)).value() == name
+
+
+def test_a_run_dir_with_quotes_spaces_a_newline_and_backslashes_needs_no_quoting(tmp_path):
     from runner_helpers import SEARCHPATH, TOY, cli
 
-    result = cli("train", SEARCHPATH, *TOY, "trainer.epochs=1", "hydra.run.dir=it's a run", cwd=tmp_path)
+    name = 'it\'s a "run"\nwith \\ and \\'
+    result = cli("train", SEARCHPATH, *TOY, "trainer.epochs=1", f"hydra.run.dir={name}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "it's a run" / "metrics.jsonl").is_file()
+    assert (tmp_path / name / "metrics.jsonl").is_file()
 
 
 def test_a_checkpoint_path_that_is_a_folder_is_refused_before_training(tmp_path):
