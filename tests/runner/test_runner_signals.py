@@ -61,6 +61,22 @@ def test_a_stop_during_a_sweep_jobs_last_evaluation_ends_the_sweep(tmp_path, mon
     assert load_checkpoint(tmp_path / "sweep" / "toy" / "seed=0" / "checkpoints" / "last.pt")["epoch"] == 1
 
 
+def test_a_second_ctrl_c_stops_at_once():
+    """The first asks for a stop at the next safe point; the second ends the process by the signal's default action
+    (checkpoints are written atomically, so that is safe: tests/runner/test_runner_crash.py)."""
+    code = ("import os, signal, time\n"
+            "from neuralode.utils.interrupt import StopSignals\n"
+            "with StopSignals() as stop:\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n"
+            "    print('pending', stop.pending == signal.SIGINT, flush=True)\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n"
+            "    time.sleep(60)\n"
+            "    print('not stopped')\n")
+    done = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGINT and done.stdout == "pending True\n", done
+    assert done.stderr.strip().splitlines()[-1] == "SIGINT again: stopping now"
+
+
 @pytest.mark.parametrize("command, target", [("train", "neuralode.train.validate"),
                                              ("eval", "neuralode.evaluate.evaluate_checkpoint")])
 def test_ctrl_c_outside_the_trainer_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys, command, target):
