@@ -35,9 +35,31 @@ commands:
   eval    evaluate a checkpoint, e.g. at another solver or tolerance
           neuralode eval checkpoint=<run dir or .pt> solver=rk4 solver.tol=1e-2
 
-`neuralode <command> --help` lists the config groups and their options; `--cfg job` prints the
+`neuralode <command> --help` lists the config groups, their options and the keys; `--cfg job` prints the
 composed config; -m runs a sweep (solver=dopri5,rk4). HYDRA_FULL_ERROR=1 shows tracebacks.
 """
+
+COMMAND_USAGE = {
+    "train": """\
+usage: neuralode train [group=option ...] [key=value ...]
+       neuralode train -m [group=option,option ...] [key=value,value ...]   (a sweep, one run per combination)
+
+Trains a task. The run dir is outputs/<task>/<overrides>; the same command resumes it, and with a larger
+trainer.epochs continues it.
+""",
+    "eval": """\
+usage: neuralode eval checkpoint=<run dir or last.pt> [solver=<method>] [key=value ...]
+
+Evaluates a trained checkpoint, by default with the solver it was trained with; what you set replaces it.
+""",
+}
+# The groups a user picks, in the order the help lists them (task_profile follows task and profile by itself).
+_HELP_GROUPS = {"train": ("task", "model", "data", "solver", "profile"), "eval": ("solver",)}
+# Where a group without a default in the command's config takes its option from.
+_HELP_DEFAULT_FROM = {"train": "the task's", "eval": "the checkpoint's"}
+# What the schema's free-form dicts hold.
+_HELP_FREE_FORM = {"train": "the keys of the chosen task, model and data", "eval": "changes to the checkpoint's data "
+                   "config, e.g. data.root=<folder>"}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -200,6 +222,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     command, rest = args[0], args[1:]
     if command not in COMMANDS:
         _fail("neuralode", f"unknown command {command!r}; use one of: {', '.join(COMMANDS)} (neuralode --help)")
+    if rest in (["--help"], ["-h"]):  # with overrides, Hydra's help shows the config they compose
+        print(command_help(command, COMMANDS[command][0]), end="")
+        sys.exit(0)
     _check_launcher(command, rest)
     # Outside the trainer (which handles both signals itself while it trains) a stop is one line, not a traceback:
     # from here on, start-up included (importing Hydra and torch takes seconds).
@@ -232,6 +257,42 @@ def _run(command: str, args: Sequence[str]) -> None:
     sys.argv = [f"neuralode {command}", *(rewrite_override(arg, command) for arg in args)]
     with _reported(f"neuralode {command}"):
         run()
+
+
+def command_help(command: str, config_name: str) -> str:
+    """``neuralode <command> --help``: the groups' options and the keys, read from the shipped configs and the
+    schema. Hydra's own help would take seconds (it copies its config repository once per group and option)."""
+    import textwrap
+
+    import yaml
+
+    from neuralode.config import Config, EvalConfig, config_dir, solver_names
+
+    defaults_list = yaml.safe_load((config_dir() / f"{config_name}.yaml").read_text()).get("defaults", [])
+    defaults = {k: v for entry in defaults_list if isinstance(entry, dict) for k, v in entry.items() if v is not None}
+    lines = [COMMAND_USAGE[command], "groups (group=option; * marks the default):"]
+    for group in _HELP_GROUPS[command]:
+        options = solver_names() if group == "solver" else [p.stem for p in (config_dir() / group).glob("*.yaml")]
+        listed = ", ".join(f"{o}*" if o == defaults.get(group) else o for o in sorted(options, key=str.lower))
+        if group not in defaults:
+            listed = f"(default: {_HELP_DEFAULT_FROM[command]}) {listed}"
+        lines.append(textwrap.fill(listed, width=110, initial_indent=f"  {group:<8} ",
+                                   subsequent_indent=" " * 11, break_on_hyphens=False))
+    nested, free_form, scalars = [], [], []
+    for field in dataclasses.fields(Config if command == "train" else EvalConfig):
+        default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+        if dataclasses.is_dataclass(default) and field.name != "profile":  # profile.name is set by profile=
+            nested.append(f"  {field.name + '.':<9}{', '.join(f.name for f in dataclasses.fields(default))}")
+        elif isinstance(default, dict):
+            free_form.append(f"{field.name}.*")
+        elif field.name != "profile":
+            scalars.append(field.name)
+    example = "task=mnist model=odenet" if command == "train" else "checkpoint=<run dir>"
+    lines += ["", f"keys (key=value; neuralode {command} {example} --cfg job prints every value):", *nested,
+              f"  {', '.join(free_form)}: {_HELP_FREE_FORM[command]}", f"  {', '.join(scalars)}", "",
+              f"neuralode {command} <overrides> --help shows Hydra's help with the config those overrides compose;",
+              "--hydra-help shows Hydra's own flags."]
+    return "\n".join(lines) + "\n"
 
 
 class Stopped(KeyboardInterrupt):

@@ -15,13 +15,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 import neuralode
 from neuralode.errors import ConfigError
-from neuralode.solvers import SOLVERS
-from neuralode.solvers.odeint import check_options
+from neuralode.solvers.names import METHOD_NAMES
 from neuralode.utils.rundir import safe_name
 
 
@@ -88,7 +86,7 @@ class EvalConfig:
     threads: Optional[int] = None                    # torch.set_num_threads; None leaves torch's default
 
 
-# Runner names for a method with fixed options, beside one per SOLVERS entry. lsoda is the solver family of
+# Runner names for a method with fixed options, beside one per solver method. lsoda is the solver family of
 # the paper's experiments (LSODE's implicit Adams, switching to BDF when stiff), run by SciPy on the host.
 SOLVER_PRESETS: dict[str, dict[str, Any]] = {
     "lsoda": {"method": "scipy_solver", "options": {"solver": "LSODA"}},
@@ -97,7 +95,7 @@ SOLVER_PRESETS: dict[str, dict[str, Any]] = {
 
 def solver_names() -> list[str]:
     """Every ``solver=<name>``: the registered methods and the presets whose method is registered."""
-    return [*SOLVERS, *(name for name, p in SOLVER_PRESETS.items() if p["method"] in SOLVERS)]
+    return [*METHOD_NAMES, *(name for name, p in SOLVER_PRESETS.items() if p["method"] in METHOD_NAMES)]
 
 
 def solver_label(method: str, options: Any) -> str:
@@ -126,6 +124,8 @@ def run_name(override_dirname: str) -> str:
 def register_configs() -> None:
     """Put the schemas in Hydra's ConfigStore (``config.yaml`` and ``eval.yaml`` list them first) and the
     ``run_name`` resolver the run dir is named with."""
+    from hydra.core.config_store import ConfigStore  # Hydra loads for a command, not for its --help
+
     OmegaConf.register_new_resolver("run_name", run_name, replace=True)
     OmegaConf.register_new_resolver("safe_name", safe_name, replace=True)
     cs = ConfigStore.instance()
@@ -168,6 +168,9 @@ MIN_RTOL = 5e-7
 def validate_solver(solver: Any, key: str = "solver") -> None:
     """Check a (possibly partial, for eval) solver config: known method, tolerances positive and above what
     float32 resolves."""
+    from neuralode.solvers import SOLVERS  # imports torch, which the CLI's help does not need
+    from neuralode.solvers.odeint import check_options
+
     method = solver.get("method")
     if method is not None and method not in SOLVERS:
         raise ConfigError(f"{key}.method={method!r} is unknown; use one of: {', '.join(sorted(SOLVERS))}")
@@ -195,6 +198,8 @@ def validate_solver(solver: Any, key: str = "solver") -> None:
 
 def is_fixed_step(method: str) -> bool:
     """Whether ``method`` steps on a grid set by ``options.step_size`` (rk4, euler, the implicit RK and Adams family)."""
+    from neuralode.solvers import SOLVERS
+
     solver = SOLVERS[method]
     return not solver.adaptive and "step_size" in solver.valid_options
 
