@@ -85,12 +85,13 @@ def test_a_study_of_a_tiny_odenet(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert len(labels) == 1 + 2 * (len(study.NORMS) - 1) + 6 and len(set(labels)) == len(labels)
     for s in record["settings"]:
         assert len(s["batches"]) == 2
-        for b in s["batches"]:
-            assert b["ratio"] == b["nfe_backward"] / b["nfe_forward"] > 0
-            # Every adjoint step tried was seen, with its error ratio and each part's RMS.
-            tried = b["steps_accepted_backward"] + b["steps_rejected_backward"]
-            assert len(b["steps"]["backward"]) == tried and all("rms" in step for step in b["steps"]["backward"])
-            assert len(b["steps"]["forward"]) == b["steps_accepted_forward"] + b["steps_rejected_forward"]
+        assert all(b["ratio"] == b["nfe_backward"] / b["nfe_forward"] > 0 for b in s["batches"])
+        # Every step tried was seen, the adjoint's with each part's RMS; kept for the first batch only.
+        first = s["batches"][0]
+        tried = first["steps_accepted_backward"] + first["steps_rejected_backward"]
+        assert len(first["steps"]["backward"]) == tried and all("rms" in step for step in first["steps"]["backward"])
+        assert len(first["steps"]["forward"]) == first["steps_accepted_forward"] + first["steps_rejected_forward"]
+        assert "steps" not in s["batches"][1]
         m = s["summary"]
         assert m["ratio_min"] <= m["ratio_median"] <= m["ratio_max"]
         assert sum(m["largest_error_part"].values()) == pytest.approx(1.0)
