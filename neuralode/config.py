@@ -45,6 +45,15 @@ class TrainerConfig:
 
 
 @dataclass
+class RegularizeConfig:
+    """Training-time regularisers of every ODE block (neuralode/models/regularization.py); 0 leaves one off."""
+
+    kinetic: float = 0.0    # weight of the kinetic energy, the integral of mean f² over the solve
+    jacobian: float = 0.0   # weight of the Jacobian's squared Frobenius norm (Hutchinson), integrated alike
+    steer: float = 0.0      # STEER's b: the solve's end time t1 ~ U[T - b, T + b] in training
+
+
+@dataclass
 class ProfileConfig:
     name: str = MISSING
 
@@ -56,6 +65,7 @@ class Config:
     data: Dict[str, Any] = field(default_factory=dict)
     solver: SolverConfig = field(default_factory=SolverConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    regularize: RegularizeConfig = field(default_factory=RegularizeConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     seed: int = 0
     device: str = "auto"
@@ -196,6 +206,16 @@ def validate_solver(solver: Any, key: str = "solver") -> None:
                               f"use {key}.{name} >= {MIN_RTOL:g}")
 
 
+def validate_regularize(regularize: Any) -> None:
+    """Weights and STEER's half-width are >= 0 and finite (whether b fits the solve's end time, and whether the
+    model has an ODE block at all, the task checks: neuralode/models/regularization.py)."""
+    for name in ("kinetic", "jacobian", "steer"):
+        value = regularize[name]
+        if not 0 <= value < math.inf:
+            example = "regularize.steer=0.5 (b, with t1 ~ U[T - b, T + b])" if name == "steer" else f"regularize.{name}=0.01"
+            raise ConfigError(f"regularize.{name}={value} is invalid; it must be >= 0 and finite (0: off), e.g. {example}")
+
+
 def is_fixed_step(method: str) -> bool:
     """Whether ``method`` steps on a grid set by ``options.step_size`` (rk4, euler, the implicit RK and Adams family)."""
     from neuralode.solvers import SOLVERS
@@ -290,8 +310,10 @@ def _check_group(cfg: DictConfig, group: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Value checks the schema's types cannot express; raises :class:`ConfigError` with one clear line."""
     for node, schema, prefix in ((cfg, Config, ""), (cfg.solver, SolverConfig, "solver."),
-                                 (cfg.trainer, TrainerConfig, "trainer."), (cfg.profile, ProfileConfig, "profile.")):
+                                 (cfg.trainer, TrainerConfig, "trainer."), (cfg.regularize, RegularizeConfig, "regularize."),
+                                 (cfg.profile, ProfileConfig, "profile.")):
         _check_keys(node, schema, prefix)
+    validate_regularize(cfg.regularize)
     validate_solver(cfg.solver)
     check_step_size(cfg.solver)
     validate_device(cfg.device)

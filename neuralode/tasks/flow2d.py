@@ -10,6 +10,7 @@ import torch
 from neuralode.data import toy2d
 from neuralode.models.cnf import CNF, PlanarFlow, build_flow
 from neuralode.models.odeblock import SolverSpec
+from neuralode.models.regularization import regularization_from_config
 
 HELD_OUT_SEED_OFFSET = 10_007  # held-out draws come from their own generator, never from the training stream
 
@@ -25,7 +26,10 @@ class Flow2DTask:
                              f"data={cfg.data.name} is not one")
         self.cfg, self.device = cfg, device
         solver = SolverSpec.from_config(cfg.solver, default_tol=float(cfg.task.default_tol))
-        self.model: CNF | PlanarFlow = build_flow(cfg.model, solver).to(device)
+        is_cnf = cfg.model.name == "cnf"
+        regularization = regularization_from_config(cfg.get("regularize"), cfg.model.name, has_ode=is_cnf,
+                                                    steer_end=float(cfg.model.t1) if is_cnf else None)
+        self.model: CNF | PlanarFlow = build_flow(cfg.model, solver, regularization=regularization).to(device)
         self.held_out = torch.Generator().manual_seed(int(cfg.seed) + HELD_OUT_SEED_OFFSET)
 
     def configure_optimizers(self) -> tuple[torch.optim.Optimizer, None]:

@@ -19,6 +19,7 @@ from torch import nn
 from neuralode.data.poisson import PoissonData, generate_poisson
 from neuralode.models.odeblock import SolverSpec
 from neuralode.models.poisson import ConstantRate, LatentODEPoisson
+from neuralode.models.regularization import regularization_from_config
 from neuralode.tasks.base import StepOutput
 
 MODELS = ("latent_ode_poisson", "poisson_const")
@@ -108,6 +109,9 @@ def build(cfg: Any, device: torch.device) -> PoissonTask:
         raise ValueError(f"task=poisson needs data=poisson (event sequences generated in code), got data={d.get('name')}")
     if m.get("name") not in MODELS:
         raise ValueError(f"task=poisson does not support model={m.get('name')!r}; choose one of: {', '.join(MODELS)}")
+    regularization = regularization_from_config(
+        cfg.get("regularize"), str(m.name), has_ode=m.name == "latent_ode_poisson",
+        no_steer_reason="task=poisson reads the latent state at every event time and the compensator at T")
     seed = int(cfg.seed if d.get("seed") is None else d.seed)
     data = generate_poisson(int(d.n_sequences), float(d.test_fraction), float(d.t_end),
                             (float(d.weight[0]), float(d.weight[1])), float(d.bias), float(d.omega), seed).to(device)
@@ -117,7 +121,8 @@ def build(cfg: Any, device: torch.device) -> PoissonTask:
     else:
         solver = SolverSpec.from_config(cfg.solver, default_tol=float(tk.default_tol))
         model = LatentODEPoisson(solver, t_end=data.t_end, latent_dim=int(m.latent_dim), rec_hidden=int(m.rec_hidden),
-                                 ode_hidden=int(m.ode_hidden), intensity_hidden=int(m.intensity_hidden))
+                                 ode_hidden=int(m.ode_hidden), intensity_hidden=int(m.intensity_hidden),
+                                 regularization=regularization)
     return PoissonTask(data, model.to(device), model_name=str(m.name), lr=float(tk.lr), batch_size=int(tk.batch_size),
                        eval_samples=int(tk.eval_samples), grid_points=int(tk.grid_points),
                        n_figure_sequences=int(tk.n_figure_sequences), seed=int(cfg.seed))

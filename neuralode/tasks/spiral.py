@@ -24,6 +24,7 @@ from torch import nn
 from neuralode.data.spiral import GRID_STEP, SpiralData, generate_spirals
 from neuralode.models.latent_ode import LatentODE
 from neuralode.models.odeblock import SolverSpec
+from neuralode.models.regularization import Regularization, regularization_from_config
 from neuralode.models.rnn import SpiralRNN
 from neuralode.tasks.base import StepOutput
 
@@ -37,12 +38,13 @@ MODELS = ("latent_ode", "rnn", "rnn_dt")
 LR_SCHEDULES = ("exponential", "cosine")
 
 
-def build_model(model_cfg: Any, solver: SolverSpec) -> nn.Module:
+def build_model(model_cfg: Any, solver: SolverSpec, regularization: Regularization | None = None) -> nn.Module:
     name = model_cfg.name
     if name == "latent_ode":
         return LatentODE(solver, latent_dim=int(model_cfg.latent_dim), rec_hidden=int(model_cfg.rec_hidden),
                          ode_hidden=int(model_cfg.ode_hidden), dec_hidden=int(model_cfg.dec_hidden),
-                         obs_std=float(model_cfg.obs_std), time_unit=GRID_STEP, cell=str(model_cfg.cell))
+                         obs_std=float(model_cfg.obs_std), time_unit=GRID_STEP, cell=str(model_cfg.cell),
+                         regularization=regularization)
     if name in ("rnn", "rnn_dt"):
         return SpiralRNN(hidden=int(model_cfg.hidden), use_dt=bool(model_cfg.use_dt), time_unit=GRID_STEP,
                          cell=str(model_cfg.cell))
@@ -247,12 +249,15 @@ def build(cfg: Any, device: torch.device) -> SpiralTask:
     d = cfg.data
     if d.get("name") != "spiral":
         raise ValueError(f"task=spiral needs data=spiral (spirals generated in code), got data={d.get('name')}")
+    regularization = regularization_from_config(
+        cfg.get("regularize"), str(cfg.model.name), has_ode=cfg.model.name == "latent_ode",
+        no_steer_reason="task=spiral reads the latent state at every observation time, so no end time is free")
     seed = int(cfg.seed if d.get("seed") is None else d.seed)
     data = generate_spirals(n_spirals=int(d.n_spirals), n_points=int(d.n_points), n_obs=int(d.n_obs),
                             noise_std=float(d.noise_std), a=float(d.a), b=float(d.b),
                             test_fraction=float(d.test_fraction), seed=seed).to(device)
     solver = SolverSpec.from_config(cfg.solver, default_tol=float(cfg.task.default_tol))
-    model = build_model(cfg.model, solver).to(device)
+    model = build_model(cfg.model, solver, regularization).to(device)
     tk = cfg.task
     return SpiralTask(data, model, model_name=str(cfg.model.name), lr=float(tk.lr), batch_size=int(tk.batch_size),
                       iters_per_epoch=int(tk.iters_per_epoch), lr_decay=float(tk.lr_decay),

@@ -42,6 +42,10 @@ def test_help_lists_the_subcommands(tmp_path: Path):
     ("trainer.lr=0.1", "trainer.lr is not a known key; TrainerConfig has: epochs"),
     ("+trainer.lr=0.1", "trainer.lr is not a known key; TrainerConfig has: epochs"),
     ("seed=[1", "no viable alternative at input '[1'"),
+    ("regularize.kinetic=-0.1", "regularize.kinetic=-0.1 is invalid; it must be >= 0 and finite (0: off)"),
+    ("regularize.kinetik=0.1", "regularize.kinetik is not a known key; did you mean regularize.kinetic?"),
+    ("regularize.steer=1.0", "regularize.steer=1 is invalid for model=toy: its solves end at T=1, and "
+                             "t1 ~ U[T - b, T + b] must stay after t0 = 0; use a b below 1"),
 ])
 def test_train_errors_are_one_line(monkeypatch, capsys, tmp_path: Path, override: str, message: str):
     code, err = run_main(monkeypatch, capsys, tmp_path, "train", SEARCHPATH, *TOY, override)
@@ -180,6 +184,19 @@ def test_an_eval_sweep_goes_on_past_a_bad_job(tmp_path: Path):
 ])
 def test_a_near_miss_gets_a_suggestion(monkeypatch, capsys, tmp_path: Path, override: str, message: str):
     code, err = run_main(monkeypatch, capsys, tmp_path, "train", "task=mnist", "model=odenet", "profile=smoke", override)
+    assert_one_line_error(code, err, "neuralode train", message)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (("task=mnist", "model=resnet", "regularize.jacobian=0.01"),
+     "regularize.jacobian regularises an ODE block's dynamics, and model=resnet has none"),
+    (("task=poisson", "regularize.steer=0.1"),
+     "regularize.steer=0.1 samples the end time of a solve, and task=poisson reads the latent state at every event "
+     "time"),
+])
+def test_a_regulariser_the_model_cannot_take_is_one_line(monkeypatch, capsys, tmp_path: Path,
+                                                         overrides: tuple[str, ...], message: str):
+    code, err = run_main(monkeypatch, capsys, tmp_path, "train", "profile=smoke", *overrides)
     assert_one_line_error(code, err, "neuralode train", message)
 
 
