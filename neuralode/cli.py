@@ -164,6 +164,10 @@ def _file_log_held() -> Iterator[Callable[[], None]]:
         yield release
     finally:
         restore()  # a no-op once released
+        for buffer in held.values():
+            # Without a target: logging.shutdown() at exit flushes every handler still referenced (by a traceback
+            # kept up to then, say), and a refused command's lines must not reach train.log even so.
+            buffer.close()
 
 
 class _JobLabel(logging.Filter):

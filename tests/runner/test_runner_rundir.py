@@ -128,6 +128,31 @@ def test_lines_logged_before_a_command_is_accepted_reach_train_log_only_once_it_
     assert code == 2 and (tmp_path / "run" / "train.log").read_text() == log
 
 
+def test_held_lines_of_a_refused_command_are_dropped_even_at_exit(tmp_path):
+    from logging.handlers import MemoryHandler
+
+    from neuralode.cli import _file_log_held
+
+    root, log = logging.getLogger(), tmp_path / "train.log"
+    file_handler = logging.FileHandler(log, delay=True)
+    root.addHandler(file_handler)
+    try:
+        with _file_log_held():
+            logging.getLogger("some_library").warning("held")
+            buffers = [handler for handler in root.handlers if isinstance(handler, MemoryHandler)]
+        for buffer in buffers:
+            buffer.flush()  # what logging.shutdown() does at exit to every handler still referenced
+        assert buffers and not log.exists()
+        with _file_log_held() as release:
+            logging.getLogger("some_library").warning("kept")
+            release()
+            logging.getLogger("some_library").warning("then written as it comes")
+        assert log.read_text() == "kept\nthen written as it comes\n"
+    finally:
+        root.removeHandler(file_handler)
+        file_handler.close()
+
+
 def test_an_unwritable_home_is_named_and_leaves_no_run_dir(tmp_path):
     """HOME a file (as root, the one way to make it unwritable): matplotlib warns while the task is built, and the
     download into ~/.cache fails; the command says where it could not download and what to pass instead."""
