@@ -27,6 +27,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from neuralode.errors import ConfigError
 from neuralode.solvers import odeint
 
 CUBIC_A = ((-0.1, 2.0), (-2.0, -0.1))
@@ -143,11 +144,11 @@ def generate_dynamics(system: System, *, t_end: float, n_points: int, extrapolat
                       irregular: bool, n_trajectories: int, n_test: int, ic_scale_min: float, seed: int) -> DynamicsData:
     """Training observations and evaluation sets (float32); a function of its arguments."""
     if n_points < 2 or n_trajectories < 1 or n_test < 1 or t_end <= 0 or extrapolate < 0 or noise_std < 0:
-        raise ValueError("data: need n_points >= 2, n_trajectories >= 1, n_test >= 1, t_end > 0, extrapolate >= 0 "
-                         f"and noise_std >= 0; got {n_points}, {n_trajectories}, {n_test}, {t_end}, {extrapolate}, "
-                         f"{noise_std}")
+        raise ConfigError("data: need n_points >= 2, n_trajectories >= 1, n_test >= 1, t_end > 0, extrapolate >= 0 "
+                          f"and noise_std >= 0; got {n_points}, {n_trajectories}, {n_test}, {t_end}, {extrapolate}, "
+                          f"{noise_std}")
     if not 0 < ic_scale_min <= 1:
-        raise ValueError(f"data.ic_scale_min must be in (0, 1], got {ic_scale_min}")
+        raise ConfigError(f"data.ic_scale_min must be in (0, 1], got {ic_scale_min}")
     gen = torch.Generator().manual_seed(seed)
     dt = t_end / (n_points - 1)
     n_extra = round(extrapolate * (n_points - 1))

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from neuralode.errors import ConfigError
+
 
 @dataclass
 class PoissonSplit:
@@ -90,8 +92,8 @@ def generate_poisson(n_sequences: int, test_fraction: float, t_end: float, weigh
                      bias: float, omega: float, seed: int) -> PoissonData:
     """Train and test event sequences (drawn independently, seeded)."""
     if n_sequences < 2 or not 0 < test_fraction < 1 or t_end <= 0 or omega <= 0:
-        raise ValueError(f"data: need n_sequences >= 2, 0 < test_fraction < 1, t_end > 0 and omega > 0; got "
-                         f"{n_sequences}, {test_fraction}, {t_end}, {omega}")
+        raise ConfigError(f"data: need n_sequences >= 2, 0 < test_fraction < 1, t_end > 0 and omega > 0; got "
+                          f"{n_sequences}, {test_fraction}, {t_end}, {omega}")
     gen = torch.Generator().manual_seed(seed)
     n_test = max(1, round(n_sequences * test_fraction))
     train = _sample_split(n_sequences - n_test, t_end, weight, bias, omega, gen)

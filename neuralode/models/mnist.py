@@ -12,6 +12,7 @@ import dataclasses
 import torch
 from torch import nn
 
+from neuralode.errors import ConfigError
 from neuralode.models.odeblock import ODEBlock, SolverSpec
 
 MODELS = ("odenet", "resnet", "rknet", "mlp")
@@ -100,7 +101,7 @@ def build_mnist_model(name: str, solver: SolverSpec, *, channels: int = 64, num_
     elif name == "rknet":
         middle = ODEBlock(ConvODEFunc(channels), dataclasses.replace(solver, adjoint=False))
     else:
-        raise ValueError(f"unknown MNIST model {name!r}; choose one of: {', '.join(MODELS)}")
+        raise ConfigError(f"unknown MNIST model {name!r}; choose one of: {', '.join(MODELS)}")
     return nn.Sequential(downsampling(channels), middle, head(channels))
 
 
