@@ -27,6 +27,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from neuralode.data.samples import Samples
 from neuralode.errors import ConfigError
 from neuralode.solvers import odeint
 
@@ -79,7 +80,7 @@ def at_times(states: torch.Tensor, solved_at: torch.Tensor, times: torch.Tensor)
 
 
 @dataclass
-class Observations:
+class Observations(Samples):
     """``n`` trajectories observed at ``times`` [N, K] (sorted, from 0): noisy ``values`` and the noise-free
     ``clean`` states [N, K, D], started from ``y0`` [N, D]."""
 
@@ -87,9 +88,6 @@ class Observations:
     values: torch.Tensor
     clean: torch.Tensor
     y0: torch.Tensor
-
-    def __len__(self) -> int:
-        return self.times.shape[0]
 
 
 @dataclass
@@ -116,7 +114,7 @@ class DynamicsData:
     def apply(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> DynamicsData:
         """A copy with ``fn`` applied to every tensor (a device move, a dtype cast)."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
-        values["train"] = Observations(*(fn(getattr(self.train, f.name)) for f in fields(Observations)))
+        values["train"] = self.train.apply(fn)
         return DynamicsData(**{k: fn(v) if isinstance(v, torch.Tensor) else v for k, v in values.items()})
 
     def to(self, device: torch.device | str) -> DynamicsData:

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from neuralode.data.samples import Samples
 from neuralode.errors import ConfigError
 
 
 @dataclass
-class PoissonSplit:
+class PoissonSplit(Samples):
     """Padded event times ``times`` [N, L] with ``mask`` [N, L] (True for real events, left-aligned, sorted);
     the hidden parameters ``radius``, ``phase``, ``omega`` [N] give the true intensity anywhere."""
 
@@ -27,15 +28,6 @@ class PoissonSplit:
     radius: torch.Tensor
     phase: torch.Tensor
     omega: torch.Tensor
-
-    def __len__(self) -> int:
-        return self.times.shape[0]
-
-    def rows(self, idx: torch.Tensor) -> "PoissonSplit":
-        return PoissonSplit(*(getattr(self, k)[idx] for k in ("times", "mask", "radius", "phase", "omega")))
-
-    def to(self, device: torch.device) -> "PoissonSplit":
-        return PoissonSplit(*(getattr(self, k).to(device) for k in ("times", "mask", "radius", "phase", "omega")))
 
 
 @dataclass

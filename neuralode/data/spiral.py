@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from neuralode.data.samples import Samples
 from neuralode.errors import ConfigError
 
 TURNS_SPAN = 6 * math.pi
@@ -32,23 +33,16 @@ CENTRE = 5.0
 
 
 @dataclass
-class SpiralSplit:
+class SpiralSplit(Samples):
     clean: torch.Tensor      # [N, 2P, 2] noise-free curve on the whole grid
     noisy: torch.Tensor      # [N, 2P, 2] curve + observation noise
     obs_idx: torch.Tensor    # [N, n_obs] sorted grid indices in [0, P), drawn without replacement
     clockwise: torch.Tensor  # [N] bool
 
-    def __len__(self) -> int:
-        return self.clean.shape[0]
-
     def observations(self, rows: torch.Tensor | slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self.obs_idx[rows]
         noisy = self.noisy[rows]
         return idx, torch.gather(noisy, 1, idx[..., None].expand(-1, -1, noisy.shape[-1]))
-
-    def to(self, device: torch.device) -> "SpiralSplit":
-        return SpiralSplit(self.clean.to(device), self.noisy.to(device), self.obs_idx.to(device),
-                           self.clockwise.to(device))
 
 
 @dataclass
