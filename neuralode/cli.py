@@ -62,16 +62,23 @@ _HELP_FREE_FORM = {"train": "the keys of the chosen task, model and data", "eval
                    "config, e.g. data.root=<folder>"}
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors caused by what the user asked for or gave (values, files, folders, permissions, dynamics that a
-    setting made blow up); anything else is a bug and keeps its traceback. A function: importing the
-    exception classes loads Hydra and torch, which ``--help`` does not need."""
+def user_error(error: BaseException) -> BaseException | None:
+    """The user's mistake behind ``error``, or None for a bug, which keeps its traceback: one of neuralode's own
+    errors (:class:`~neuralode.errors.NeuralodeError`: config, data, checkpoint, a solve that could not finish),
+    Hydra's or OmegaConf's error about the command line or config, or an OSError (the user's files and folders:
+    a missing path, no permission, a full disk) -- raised as such or named as the cause of another (Hydra wraps an
+    unwritable run dir's OSError in a ValueError). Imports Hydra and torch, which ``--help`` does not need."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from neuralode.solvers import MaxNumStepsError, NonFiniteError
+    from neuralode.errors import NeuralodeError
 
-    return (HydraException, OmegaConfBaseException, ValueError, OSError, MaxNumStepsError, NonFiniteError)
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, (NeuralodeError, HydraException, OmegaConfBaseException, OSError)):
+            return cause
+        cause = cause.__cause__
+    return None
 
 
 def _train_app(cfg: DictConfig) -> None:
@@ -117,7 +124,7 @@ def _train_app(cfg: DictConfig) -> None:
             # process too, and main() says so last, whichever stop reaches it first: this one or its own.
             raise Stopped(e.signum) from None
         sys.exit(e.exit_code)
-    except (SystemExit, KeyboardInterrupt, *_user_errors()):
+    except BaseException:  # refused, stopped or crashed: a run dir that holds nothing is not left behind
         _remove_if_unused(run_dir)
         raise
 
@@ -366,11 +373,12 @@ def rewrite_override(arg: str, command: str) -> str:
 
 @contextlib.contextmanager
 def _reported(prog: str) -> Iterator[None]:
-    """Turn a user error into one line on stderr and exit code 2 (a traceback with HYDRA_FULL_ERROR=1)."""
+    """Turn a user error into one line on stderr and exit code 2 (a traceback with HYDRA_FULL_ERROR=1); any other
+    exception is a bug and keeps its traceback."""
     try:
         yield
-    except _user_errors() as e:
-        if _wants_traceback:
+    except Exception as e:
+        if _wants_traceback or user_error(e) is None:
             raise
         _fail(prog, describe_error(e))
 

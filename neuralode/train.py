@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from neuralode.config import ConfigError, RegularizeConfig, validate
+from neuralode.errors import NeuralodeError
 from neuralode.models.odeblock import ODEBlock, SolverSpec, collect_solve_stats, reset_solve_stats, take_penalties
 from neuralode.solvers import MaxNumStepsError, NonFiniteError
 from neuralode.tasks import Task
@@ -243,7 +244,7 @@ def _drop_checkpoint_without_history(ckpt_path: Path) -> None:
         ckpt_path.unlink()
 
 
-class TrainingError(ValueError):
+class TrainingError(NeuralodeError, ValueError):
     """Training cannot go on as configured (diverged, solver gave up); the message says why and what to change."""
 
 

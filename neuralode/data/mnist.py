@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from neuralode.data.digits import CLASSES as DIGIT_CLASSES
+from neuralode.data.digits import load_digits_split
 from neuralode.data.idx import IDXError, read_idx
 from neuralode.errors import DataError
 
@@ -109,8 +111,7 @@ def _download(name: str, root: Path | None, cache_dir: Path) -> None:
 
 def class_names(name: str) -> list[str]:
     if name == "digits":
-        from neuralode.data.digits import CLASSES
-        return list(CLASSES)
+        return list(DIGIT_CLASSES)
     return list(CLASS_NAMES[name])
 
 
@@ -119,8 +120,7 @@ def load_split(name: str, train: bool, root: str | Path | None, cache_dir: str |
     """Load one split of ``name`` (``mnist`` | ``fashion_mnist`` | ``digits``), downloading it if allowed and
     missing; ``digits`` ships inside scikit-learn and ignores the location arguments."""
     if name == "digits":
-        from neuralode.data.digits import load_digits_split
-        return load_digits_split(train)
+        return Split(*load_digits_split(train))
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(IMAGE_DATASETS)}")
     root_p = None if root is None else _resolved(root, "data.root")

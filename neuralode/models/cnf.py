@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from neuralode.errors import ConfigError
 from neuralode.models.odeblock import ODEBlock, SolverSpec
 from neuralode.models.regularization import Regularization
 
@@ -98,9 +99,9 @@ class GatedHyperDynamics(FlowDynamics):
     def __init__(self, dim: int, width: int, hidden: int, trace: str) -> None:
         super().__init__()
         if trace not in TRACES:
-            raise ValueError(f"model.trace={trace!r} is not supported; choose one of: {', '.join(TRACES)}")
+            raise ConfigError(f"model.trace={trace!r} is not supported; choose one of: {', '.join(TRACES)}")
         if width < 1:
-            raise ValueError(f"model.width must be >= 1 (got {width})")
+            raise ConfigError(f"model.width must be >= 1 (got {width})")
         self.hyper = HyperNetwork(dim, width, hidden)
         self.trace = trace
 
@@ -138,9 +139,9 @@ class CNF(nn.Module):
                  regularization: Regularization | None = None) -> None:
         super().__init__()
         if noise not in NOISES:
-            raise ValueError(f"model.noise={noise!r} is not supported; choose one of: {', '.join(NOISES)}")
+            raise ConfigError(f"model.noise={noise!r} is not supported; choose one of: {', '.join(NOISES)}")
         if t1 <= 0:
-            raise ValueError(f"model.t1 must be > 0 (got {t1})")
+            raise ConfigError(f"model.t1 must be > 0 (got {t1})")
         self.t1, self.noise_kind = float(t1), noise
         self.dynamics = dynamics
         self.block = ODEBlock(dynamics, solver, regularization=regularization)
@@ -203,7 +204,7 @@ class PlanarFlow(nn.Module):
     def __init__(self, dim: int, flows: int) -> None:
         super().__init__()
         if flows < 1:
-            raise ValueError(f"model.flows must be >= 1 (got {flows})")
+            raise ConfigError(f"model.flows must be >= 1 (got {flows})")
         self.dim = dim
         w = torch.randn(flows, dim) / math.sqrt(dim)
         # Start near the identity: with wᵀu = log(e - 1), m(wᵀu) = 0 so û is u's small part orthogonal to w and
@@ -250,4 +251,4 @@ def build_flow(model_cfg: Any, solver: SolverSpec, dim: int = 2,
         return CNF(dynamics, float(model_cfg.t1), str(model_cfg.get("noise", "rademacher")), solver, regularization)
     if name == "planar":
         return PlanarFlow(dim, int(model_cfg.flows))
-    raise ValueError(f"the 2-D flow tasks need model=cnf or model=planar (got model={name})")
+    raise ConfigError(f"the 2-D flow tasks need model=cnf or model=planar (got model={name})")

@@ -6,6 +6,7 @@ import math
 import torch
 from torch import nn
 
+from neuralode.errors import ConfigError
 from neuralode.models.odeblock import ODEBlock, SolverSpec
 from neuralode.models.regularization import Regularization
 
@@ -42,7 +43,7 @@ RNN_LAYERS: dict[str, type[nn.Module]] = {"gru": nn.GRU, "rnn": nn.RNN}
 def check_cell(kind: str) -> None:
     """``gru`` (gated; learns much faster here) or ``rnn`` (plain tanh, the reference's)."""
     if kind not in RNN_CELLS:
-        raise ValueError(f"model.cell={kind!r} is unknown; use one of: {', '.join(RNN_CELLS)}")
+        raise ConfigError(f"model.cell={kind!r} is unknown; use one of: {', '.join(RNN_CELLS)}")
 
 
 def make_cell(kind: str, inputs: int, hidden: int) -> nn.Module:
@@ -81,7 +82,7 @@ class LatentODE(nn.Module):
                  cell: str = "gru", regularization: Regularization | None = None) -> None:
         super().__init__()
         if obs_std <= 0:
-            raise ValueError(f"model.obs_std must be > 0, got {obs_std}")
+            raise ConfigError(f"model.obs_std must be > 0, got {obs_std}")
         self.encoder = RecognitionRNN(obs_dim, rec_hidden, latent_dim, cell)
         self.ode = ODEBlock(LatentDynamics(latent_dim, ode_hidden), solver, regularization=regularization)
         self.decoder = nn.Sequential(nn.Linear(latent_dim, dec_hidden), nn.ReLU(), nn.Linear(dec_hidden, obs_dim))

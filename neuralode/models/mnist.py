@@ -12,6 +12,7 @@ import dataclasses
 import torch
 from torch import nn
 
+from neuralode.errors import ConfigError
 from neuralode.models.odeblock import ODEBlock, SolverSpec
 from neuralode.models.regularization import Regularization
 
@@ -103,7 +104,7 @@ def build_mnist_model(name: str, solver: SolverSpec, *, channels: int = 64, num_
         middle = ODEBlock(ConvODEFunc(channels), dataclasses.replace(solver, adjoint=False),
                           regularization=regularization)
     else:
-        raise ValueError(f"unknown MNIST model {name!r}; choose one of: {', '.join(MODELS)}")
+        raise ConfigError(f"unknown MNIST model {name!r}; choose one of: {', '.join(MODELS)}")
     return nn.Sequential(downsampling(channels), middle, head(channels))
 
 

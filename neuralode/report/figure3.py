@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from neuralode.errors import CheckpointError, NeuralodeError
 from neuralode.models.odeblock import ODEBlock, collect_solve_stats, reset_solve_stats
 from neuralode.report.plan import FIG3_ACCURACY_TOLS, FIG3_TOLS_LONG
 from neuralode.utils.files import read_json, write_text_atomic
@@ -44,7 +45,7 @@ REFERENCE_FACTOR = 1e-2
 def ode_blocks(model: nn.Module) -> list[ODEBlock]:
     blocks = [m for m in model.modules() if isinstance(m, ODEBlock)]
     if not blocks:
-        raise ValueError("the model has no ODE block: Figure 3 needs an ODE-Net (model=odenet) checkpoint")
+        raise CheckpointError("the model has no ODE block: Figure 3 needs an ODE-Net (model=odenet) checkpoint")
     return blocks
 
 
@@ -486,7 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         model, images, labels, info = load_odenet(args.checkpoint, None, args.device,
                                                   {"root": args.data_root} if args.data_root else None)
-    except ValueError as e:  # CheckpointError, DataError, ConfigError are all ValueErrors with one clear line
+    except NeuralodeError as e:  # a checkpoint, data or config error: one clear line
         print(f"error: {e}", file=sys.stderr)
         return 2
     x, y = images[:args.batch_size], labels[:args.batch_size]

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from neuralode.data import toy2d
+from neuralode.errors import ConfigError
 from neuralode.models.cnf import CNF, PlanarFlow, build_flow
 from neuralode.models.odeblock import SolverSpec
 from neuralode.models.regularization import regularization_from_config
@@ -22,8 +23,8 @@ class Flow2DTask:
 
     def __init__(self, cfg: Any, device: torch.device, task: str, valid: str) -> None:
         if cfg.data.get("kind") != self.data_kind:
-            raise ValueError(f"task={task} needs a 2-D {self.data_kind} data set ({valid}); "
-                             f"data={cfg.data.name} is not one")
+            raise ConfigError(f"task={task} needs a 2-D {self.data_kind} data set ({valid}); "
+                              f"data={cfg.data.name} is not one")
         self.cfg, self.device = cfg, device
         solver = SolverSpec.from_config(cfg.solver, default_tol=float(cfg.task.default_tol))
         is_cnf = cfg.model.name == "cnf"

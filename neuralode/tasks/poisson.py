@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from neuralode.data.poisson import PoissonData, generate_poisson
+from neuralode.errors import ConfigError
 from neuralode.models.odeblock import SolverSpec
 from neuralode.models.poisson import ConstantRate, LatentODEPoisson
 from neuralode.models.regularization import regularization_from_config
@@ -29,9 +30,9 @@ class PoissonTask:
     def __init__(self, data: PoissonData, model: nn.Module, *, model_name: str, lr: float, batch_size: int,
                  eval_samples: int, grid_points: int, n_figure_sequences: int, seed: int) -> None:
         if batch_size < 1 or eval_samples < 1 or grid_points < 2 or n_figure_sequences < 1:
-            raise ValueError(f"task.batch_size, task.eval_samples and task.n_figure_sequences must be >= 1 and "
-                             f"task.grid_points >= 2; got {batch_size}, {eval_samples}, {n_figure_sequences}, "
-                             f"{grid_points}")
+            raise ConfigError(f"task.batch_size, task.eval_samples and task.n_figure_sequences must be >= 1 and "
+                              f"task.grid_points >= 2; got {batch_size}, {eval_samples}, {n_figure_sequences}, "
+                              f"{grid_points}")
         self.data, self.model, self.model_name = data, model, model_name
         self.lr, self.batch_size, self.eval_samples = lr, min(batch_size, len(data.train)), eval_samples
         self.n_figure_sequences, self.seed = n_figure_sequences, seed
@@ -106,9 +107,9 @@ class PoissonTask:
 def build(cfg: Any, device: torch.device) -> PoissonTask:
     d, m, tk = cfg.data, cfg.model, cfg.task
     if d.get("name") != "poisson":
-        raise ValueError(f"task=poisson needs data=poisson (event sequences generated in code), got data={d.get('name')}")
+        raise ConfigError(f"task=poisson needs data=poisson (event sequences generated in code), got data={d.get('name')}")
     if m.get("name") not in MODELS:
-        raise ValueError(f"task=poisson does not support model={m.get('name')!r}; choose one of: {', '.join(MODELS)}")
+        raise ConfigError(f"task=poisson does not support model={m.get('name')!r}; choose one of: {', '.join(MODELS)}")
     regularization = regularization_from_config(
         cfg.get("regularize"), str(m.name), has_ode=m.name == "latent_ode_poisson",
         no_steer_reason="task=poisson reads the latent state at every event time and the compensator at T")

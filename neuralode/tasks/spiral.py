@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from neuralode.data.spiral import GRID_STEP, SpiralData, generate_spirals
+from neuralode.errors import ConfigError
 from neuralode.models.latent_ode import LatentODE
 from neuralode.models.odeblock import SolverSpec
 from neuralode.models.regularization import Regularization, regularization_from_config
@@ -48,7 +49,7 @@ def build_model(model_cfg: Any, solver: SolverSpec, regularization: Regularizati
     if name in ("rnn", "rnn_dt"):
         return SpiralRNN(hidden=int(model_cfg.hidden), use_dt=bool(model_cfg.use_dt), time_unit=GRID_STEP,
                          cell=str(model_cfg.cell))
-    raise ValueError(f"task=spiral does not support model={name!r}; choose one of: {', '.join(MODELS)}")
+    raise ConfigError(f"task=spiral does not support model={name!r}; choose one of: {', '.join(MODELS)}")
 
 
 class SpiralTask:
@@ -58,15 +59,15 @@ class SpiralTask:
                  iters_per_epoch: int, lr_decay: float, n_figure_spirals: int, seed: int,
                  lr_schedule: str = "exponential", lr_hold: float = 0.0, lr_cycles: int = 1, epochs: int = 1) -> None:
         if batch_size < 1 or iters_per_epoch < 1:
-            raise ValueError(f"task.batch_size and task.iters_per_epoch must be >= 1, got {batch_size}, {iters_per_epoch}")
+            raise ConfigError(f"task.batch_size and task.iters_per_epoch must be >= 1, got {batch_size}, {iters_per_epoch}")
         if not 0 < lr_decay <= 1:
-            raise ValueError(f"task.lr_decay must be in (0, 1] (per-epoch LR factor), got {lr_decay}")
+            raise ConfigError(f"task.lr_decay must be in (0, 1] (per-epoch LR factor), got {lr_decay}")
         if lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"task.lr_schedule must be one of: {', '.join(LR_SCHEDULES)}; got {lr_schedule!r}")
+            raise ConfigError(f"task.lr_schedule must be one of: {', '.join(LR_SCHEDULES)}; got {lr_schedule!r}")
         if not 0 <= lr_hold < 1:
-            raise ValueError(f"task.lr_hold is the fraction of each lr cycle at the initial lr, in [0, 1); got {lr_hold}")
+            raise ConfigError(f"task.lr_hold is the fraction of each lr cycle at the initial lr, in [0, 1); got {lr_hold}")
         if lr_cycles < 1 or epochs % lr_cycles:
-            raise ValueError(f"task.lr_cycles must be >= 1 and divide trainer.epochs={epochs}; got {lr_cycles}")
+            raise ConfigError(f"task.lr_cycles must be >= 1 and divide trainer.epochs={epochs}; got {lr_cycles}")
         self.data = data
         self.model = model
         self.model_name = model_name
@@ -248,7 +249,7 @@ def plot_predictions(path: Path, *, data: SpiralData, rows: torch.Tensor, pred: 
 def build(cfg: Any, device: torch.device) -> SpiralTask:
     d = cfg.data
     if d.get("name") != "spiral":
-        raise ValueError(f"task=spiral needs data=spiral (spirals generated in code), got data={d.get('name')}")
+        raise ConfigError(f"task=spiral needs data=spiral (spirals generated in code), got data={d.get('name')}")
     regularization = regularization_from_config(
         cfg.get("regularize"), str(cfg.model.name), has_ode=cfg.model.name == "latent_ode",
         no_steer_reason="task=spiral reads the latent state at every observation time, so no end time is free")

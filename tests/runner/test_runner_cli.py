@@ -240,3 +240,50 @@ def test_eval_takes_a_thread_count(monkeypatch, capsys, tmp_path: Path):
     GlobalHydra.instance().clear()
     main(["eval", f"checkpoint={run_dir}", "task_module=toy_task", "threads=2"])  # returns: no error
     assert torch.get_num_threads() == 2 and "test_rmse" in capsys.readouterr().out  # the conftest restores it
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("task=spiral", "data.n_spirals=7"), "data.n_spirals must be an even number >= 4"),  # the data's own check
+    (("task=mnist", "data=digits", "task.default_tol=0"), "task.default_tol must be > 0"),  # the task's check
+])
+def test_config_errors_of_tasks_and_data_are_one_line(monkeypatch, capsys, tmp_path: Path, args: tuple[str, ...],
+                                                       message: str):
+    code, err = run_main(monkeypatch, capsys, tmp_path, "train", "trainer.progress=false", *args)
+    assert_one_line_error(code, err, "neuralode train", message)
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch, capsys, tmp_path: Path):
+    import toy_task
+
+    def broken(self, batch):
+        raise ValueError("a bug deep inside")
+
+    monkeypatch.setattr(toy_task.ToyTask, "training_step", broken)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["neuralode"])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    GlobalHydra.instance().clear()
+    with pytest.raises(ValueError, match="a bug deep inside"):  # not SystemExit(2): Python prints the traceback
+        main(["train", SEARCHPATH, *TOY, "hydra.run.dir=run"])
+    assert "error:" not in capsys.readouterr().err
+
+
+def test_only_neuralode_hydra_and_os_errors_are_the_users():
+    from neuralode.cli import user_error
+    from neuralode.data.idx import IDXError
+    from neuralode.errors import ConfigError, NeuralodeError
+    from neuralode.solvers import MaxNumStepsError
+    from neuralode.train import TrainingError
+    from neuralode.utils.records import MetricsError
+
+    for error in (ConfigError("x"), MaxNumStepsError("x"), TrainingError("x"), MetricsError("x"), IDXError("x"),
+                  FileNotFoundError(2, "No such file or directory", "x")):
+        assert user_error(error) is error
+    assert isinstance(IDXError("x"), NeuralodeError)
+    for bug in (ValueError("x"), TypeError("x"), KeyError("x"), RuntimeError("x")):
+        assert user_error(bug) is None
+    unwritable = PermissionError(13, "Permission denied", "run/train.log")
+    try:
+        raise ValueError("Unable to configure handler 'file'") from unwritable  # as Hydra's logging setup does
+    except ValueError as wrapped:
+        assert user_error(wrapped) is unwritable
