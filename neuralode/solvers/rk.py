@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from neuralode.solvers import compiled
 from neuralode.solvers.common import Counter, Dynamics, StepBudget, StepCallbacks, nudged
 from neuralode.solvers.controller import initial_step, make_controller
 from neuralode.solvers.errors import NonFiniteError, StepUnderflowError
@@ -132,7 +133,7 @@ class AdaptiveRK(Method):
     supports_events = True
     default_time_dtype = torch.float64  # as torchdiffeq's; options['dtype']=torch.float32 keeps the state's
     valid_options = ("first_step", "safety", "ifactor", "dfactor", "min_step", "max_step", "max_num_steps",
-                     "max_steps_per_solve", "norm", "step_t", "jump_t", "dtype", "controller")
+                     "max_steps_per_solve", "norm", "step_t", "jump_t", "dtype", "controller", "compile")
     valid_callbacks = frozenset({"callback_step", "callback_accept_step", "callback_reject_step"})
 
     def __init__(self, tableau: ButcherTableau) -> None:
@@ -154,6 +155,9 @@ class AdaptiveRK(Method):
               land: bool = False) -> torch.Tensor:
         """``land``: end exactly on the last output time whatever the controller (the adjoint's intervals: the
         next one starts there)."""
+        if options.get("compile") and compiled.takes(self.name, options, callbacks, event):
+            return compiled.solve(self, f, y0, t, t_host, rtol=rtol, atol=atol, norm=norm, options=options,
+                                  counter=counter, time_sign=time_sign, land=land)
         tab = self.tableau
         co = tab.tensors(y0.dtype, y0.device)
         n_out = len(t_host)
