@@ -71,8 +71,9 @@ def make_step(tableau: ButcherTableau, ctrl: StepController) -> Callable[..., tu
     ``step(f, norm, c_time, t0, y, f0, h, h_host, prev_ratio, rtol, atol) -> (y1, stages, decision, prev_ratio)``
 
     ``c_time``: the stage fractions in time's dtype; ``t0``, ``h``: 0-d tensors in time's dtype (``h`` carries the
-    gradient w.r.t. an output time the step lands on); ``h_host``: the same step as a host number, which the
-    controller scales, as the eager controller does; ``prev_ratio``: the PI controller's last accepted error ratio
+    gradient w.r.t. an output time the step lands on); ``h_host``: the step as the host loop holds it (a float64 0-d
+    tensor; a Python float would be traced as a constant first), which the controller scales, as the eager
+    controller scales the host number; ``prev_ratio``: the PI controller's last accepted error ratio
     (float64, 0-d). ``decision`` is the float64 vector ``(error ratio, accepted, next step size)``.
     """
     a_rows, b, b_error, b_error2 = tableau.a, tableau.b, tableau.b_error, tableau.b_error2
@@ -83,7 +84,7 @@ def make_step(tableau: ButcherTableau, ctrl: StepController) -> Callable[..., tu
     floor = ctrl.accepted_floor()
 
     def step(f: Dynamics, norm: Norm, c_time: torch.Tensor, t0: torch.Tensor, y: torch.Tensor, f0: torch.Tensor,
-             h: torch.Tensor, h_host: float, prev_ratio: torch.Tensor, rtol: Tolerance, atol: Tolerance) -> tuple:
+             h: torch.Tensor, h_host: torch.Tensor, prev_ratio: torch.Tensor, rtol: Tolerance, atol: Tolerance) -> tuple:
         stage_t = t0 + c_time * h
         h_state = h.to(y.dtype)
         stages = [f0]
@@ -231,7 +232,8 @@ def solve(method: Any, f: Dynamics, y0: torch.Tensor, t: torch.Tensor, t_host: l
             if t_new_host == tn_host:
                 raise StepUnderflowError(f"step size underflow at t={user_t(tn_host):.6g} (h={h:.3g}); "
                                          "the problem may be stiff or the dynamics non-finite")
-        y1, stages, decision, new_prev = step(counter, f, norm, c_time, tn, y, f0, h_dev, h_step, prev_ratio,
+        h_host = torch.full((), h_step, dtype=torch.float64, device=y0.device)
+        y1, stages, decision, new_prev = step(counter, f, norm, c_time, tn, y, f0, h_dev, h_host, prev_ratio,
                                               rtol, atol)
         ratio, accepted, h_next = decision.tolist()  # the one host sync of this step
         if not accepted:
