@@ -12,8 +12,8 @@ forward pass (loss) and during ``backward()``.
 
     python scripts/bench.py [--device cpu|cuda] [--quick] [--cases odenet_train_step,...] [--repeats N]
 
-The peer cases (small_node_forward, small_node_grad, vdp_joint) run on the CPU in a full run or when named; a
-``--quick`` run leaves them out, so that it needs neither jax, torchode nor a compiler.
+The peer cases (small_node_forward, small_node_grad, vdp_joint) run on the CPU, in a full run or when named; a
+``--quick`` run leaves them out, so that it needs neither jax, torchode nor a compiler, and so does a CUDA run.
 """
 from __future__ import annotations
 
@@ -407,8 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--quick", action="store_true", help="small sizes and few repeats (CI)")
     p.add_argument("--cases", default=None,
-                   help=f"comma-separated subset of: {', '.join(case_names())} (default: all; --quick: all but "
-                        f"the peer cases)")
+                   help=f"comma-separated subset of: {', '.join(case_names())} (default: all; --quick and "
+                        f"--device cuda: all but the peer cases)")
     p.add_argument("--adjoint", default="both", choices=["both", "true", "false"],
                    help="run only the adjoint (true) or direct (false) variant of cases that have both")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per library (default 7, quick 2)")
@@ -420,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
     if args.cases is None:
-        args.cases = ",".join(n for n in case_names() if not (args.quick and n in PEER_CASES))
+        args.cases = ",".join(n for n in case_names()
+                              if not ((args.quick or args.device != "cpu") and n in PEER_CASES))
     names = [n for n in args.cases.split(",") if n]
     unknown = [n for n in names if n not in case_names()]
     if unknown:
