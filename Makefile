@@ -51,7 +51,7 @@ test-all: ## Every test, slow ones included
 bench-quick: ## Side-by-side benchmark vs torchdiffeq, small sizes (CPU)
 	$(PY) scripts/bench.py --quick
 
-bench: ## Full side-by-side benchmark vs torchdiffeq (add ARGS="--device cuda" on a GPU)
+bench: ## Full benchmark vs torchdiffeq, and small dynamics vs torchode and diffrax (pip install -e ".[bench]"; ARGS="--device cuda" on a GPU)
 	$(PY) scripts/bench.py $(ARGS)
 
 reproduce: ## Run every experiment and write REPORT.md (PROFILE=smoke|quick|full REPORT_DIR=... SEEDS=3)

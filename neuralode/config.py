@@ -32,6 +32,7 @@ class SolverConfig:
     adjoint: bool = True
     options: Dict[str, Any] = field(default_factory=dict)
     adjoint_options: Dict[str, Any] = field(default_factory=dict)
+    compile: bool = False          # options['compile']: each step one torch.compile'd program (adaptive explicit RK)
 
 
 @dataclass
@@ -83,6 +84,7 @@ class EvalSolverConfig:
     adjoint: Optional[bool] = None
     options: Dict[str, Any] = field(default_factory=dict)
     adjoint_options: Dict[str, Any] = field(default_factory=dict)
+    compile: Optional[bool] = None
 
 
 @dataclass
@@ -192,6 +194,10 @@ def validate_solver(solver: Any, key: str = "solver") -> None:
                               f"{key}.{group}", strict=True)
             except (TypeError, ValueError) as e:
                 raise ConfigError(str(e)) from None
+    if solver.get("compile") and method is not None and "compile" not in SOLVERS[method].valid_options:
+        compiled = ", ".join(name for name, m in SOLVERS.items() if "compile" in m.valid_options)
+        raise ConfigError(f"{key}.compile=true needs an adaptive explicit Runge-Kutta method ({compiled}); "
+                          f"{key}.method={method} has no compiled step")
     norm = (solver.get("adjoint_options") or {}).get("norm")
     if norm not in (None, "seminorm"):  # a config cannot hold the other choice, a callable
         raise ConfigError(f"{key}.adjoint_options.norm={norm!r} is invalid; use {key}.adjoint_options.norm=seminorm "

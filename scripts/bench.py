@@ -1,4 +1,5 @@
-"""Side-by-side timing of neuralode against torchdiffeq on identical workloads.
+"""Side-by-side timing of neuralode against torchdiffeq on identical workloads, and on small dynamics against
+every peer library (scripts/bench_peers.py: neuralode eager and compiled, torchdiffeq, torchode, diffrax).
 
 Each case builds one problem (weights, inputs, tolerances) and two sides that differ only in the ODE
 solver: ours goes through neuralode (for the model cases, through the ``ODEBlock`` with the solver
@@ -10,6 +11,9 @@ with the medians. NFE are counted the same way for both sides: calls of the dyna
 forward pass (loss) and during ``backward()``.
 
     python scripts/bench.py [--device cpu|cuda] [--quick] [--cases odenet_train_step,...] [--repeats N]
+
+The peer cases (small_node_forward, small_node_grad, vdp_joint) run on the CPU, in a full run or when named; a
+``--quick`` run leaves them out, so that it needs neither jax, torchode nor a compiler, and so does a CUDA run.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -30,6 +35,9 @@ from torch import nn
 import neuralode
 from neuralode.config import solver_defaults
 from neuralode.models.odeblock import SolverSpec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_peers beside this script, however it is run
+from bench_peers import PEER_CASES, main_peers  # noqa: E402
 
 
 class CallCounter:
@@ -87,7 +95,7 @@ def case(name: str, adjoints: tuple[bool, ...] = (False,)):
 
 
 def case_names() -> list[str]:
-    return list(dict.fromkeys(c.name for c in CASES))
+    return list(dict.fromkeys(c.name for c in CASES)) + list(PEER_CASES)
 
 
 def default_spec(tol: float, adjoint: bool) -> SolverSpec:
@@ -398,8 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--quick", action="store_true", help="small sizes and few repeats (CI)")
-    p.add_argument("--cases", default=",".join(case_names()),
-                   help=f"comma-separated subset of: {', '.join(case_names())}")
+    p.add_argument("--cases", default=None,
+                   help=f"comma-separated subset of: {', '.join(case_names())} (default: all; --quick and "
+                        f"--device cuda: all but the peer cases)")
     p.add_argument("--adjoint", default="both", choices=["both", "true", "false"],
                    help="run only the adjoint (true) or direct (false) variant of cases that have both")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per library (default 7, quick 2)")
@@ -410,10 +419,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
+    if args.cases is None:
+        args.cases = ",".join(n for n in case_names()
+                              if not ((args.quick or args.device != "cpu") and n in PEER_CASES))
     names = [n for n in args.cases.split(",") if n]
     unknown = [n for n in names if n not in case_names()]
     if unknown:
         p.error(f"unknown case(s) {', '.join(unknown)}; valid: {', '.join(case_names())}")
+    peers = [n for n in names if n in PEER_CASES]
+    if peers and args.device != "cpu":
+        p.error(f"the peer cases ({', '.join(peers)}) run on the CPU only; leave them out of --device {args.device}")
     for flag in ("repeats", "warmup"):
         if getattr(args, flag) is not None and getattr(args, flag) < (1 if flag == "repeats" else 0):
             p.error(f"--{flag} must be >= {1 if flag == 'repeats' else 0}, got {getattr(args, flag)}")
@@ -435,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     for c in CASES:
         if c.name in names and args.adjoint in ("both", str(c.adjoint).lower()):
             print(json.dumps(run_case(c, device, args.quick, warmup, repeats)), flush=True)
+    if peers:
+        main_peers(peers, warmup, repeats)
     return 0
 
 

@@ -52,6 +52,8 @@ class SolverSpec:
         atol = solver_cfg.get("atol")
         method = solver_cfg["method"]
         options = dict(solver_cfg.get("options") or {})
+        if solver_cfg.get("compile"):
+            options["compile"] = True
         valid = SOLVERS[method].valid_options if method in SOLVERS else ()
         for key, value in RUNNER_OPTIONS.items():
             if key in valid:

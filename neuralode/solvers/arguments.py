@@ -40,6 +40,7 @@ _OPTION_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "jump_t": (lambda v: _finite_times(v), "a 1-D tensor or sequence of finite times"),
     "dtype": (lambda v: _time_dtype(v) is not None, "torch.float32 or torch.float64 (or its name)"),
     "controller": (lambda v: isinstance(v, str) and v in CONTROLLERS, " or ".join(map(repr, CONTROLLERS))),
+    "compile": (lambda v: isinstance(v, bool), "True or False"),
 }
 
 
@@ -159,7 +160,8 @@ def check_times(t: Any, dtype: torch.dtype, device: torch.device) -> tuple[torch
 def counted(func: Callable, structure: StateStructure, counter: Counter) -> Dynamics:
     """``func`` on flat vectors, counting calls on the host."""
     def f(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        counter.nfe += 1
+        if not torch.compiler.is_compiling():  # a compiled step (solvers.compiled) counts the calls it makes
+            counter.nfe += 1
         return structure.flatten(func(t, structure.unflatten(y)), what="func(t, y)")
     return f
 

@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import torch
 
+from neuralode.solvers import compiled
 from neuralode.solvers.adaptive import AdaptiveStepper, solve_adaptive
 from neuralode.solvers.common import Counter, Dynamics, StepCallbacks, nudged
 from neuralode.solvers.events import EventWatch
@@ -78,6 +79,8 @@ class RKStep(NamedTuple):
 class ExplicitRKStepper(AdaptiveStepper):
     """One step of an embedded explicit pair; time may be held in a wider dtype than the state (``time_dtype``)."""
 
+    step_type = RKStep  # what a compiled step (solvers.compiled) builds to use this stepper's dense output
+
     def __init__(self, tableau: ButcherTableau, dtype: torch.dtype, device: torch.device,
                  time_dtype: torch.dtype) -> None:
         co = tableau.tensors(dtype, device)
@@ -138,7 +141,7 @@ class AdaptiveRK(Method):
     supports_events = True
     default_time_dtype = torch.float64  # as torchdiffeq's; options['dtype']=torch.float32 keeps the state's
     valid_options = ("first_step", "safety", "ifactor", "dfactor", "min_step", "max_step", "max_num_steps",
-                     "max_steps_per_solve", "norm", "step_t", "jump_t", "dtype", "controller")
+                     "max_steps_per_solve", "norm", "step_t", "jump_t", "dtype", "controller", "compile")
     valid_callbacks = frozenset({"callback_step", "callback_accept_step", "callback_reject_step"})
 
     def __init__(self, tableau: ButcherTableau) -> None:
@@ -149,4 +152,8 @@ class AdaptiveRK(Method):
               callbacks: StepCallbacks | None = None, event: EventWatch | None = None,
               land: bool = False) -> torch.Tensor:
         stepper = ExplicitRKStepper(self.tableau, y0.dtype, y0.device, prob.t.dtype)
+        if prob.options.get("compile") and compiled.takes(self.name, prob.options, callbacks, event):
+            return compiled.solve(self, f, y0, prob.t, prob.t_host, rtol=prob.rtol, atol=prob.atol, norm=prob.norm,
+                                  options=prob.options, counter=counter, dense=stepper, time_sign=prob.time_sign,
+                                  land=land)
         return solve_adaptive(stepper, prob, f, y0, counter, callbacks=callbacks, event=event, land=land)

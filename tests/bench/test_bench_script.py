@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench.py"
 REQUIRED = {
     "case", "device", "adjoint", "ours_ms", "torchdiffeq_ms", "speedup", "nfe_ours", "nfe_torchdiffeq",
@@ -51,3 +53,20 @@ def test_unknown_case_is_one_clear_error():
     proc = _bench("--cases", "odenet_train_stepp")
     assert proc.returncode == 2
     assert "unknown case(s) odenet_train_stepp; valid: " in proc.stderr and "odenet_train_step" in proc.stderr
+
+
+@pytest.mark.slow  # the float64 reference at tolerance 1e-10: 130 s on the loaded 2-core machine
+def test_peer_case_reports_a_missing_library_and_the_errors_of_the_others(monkeypatch):
+    """A peer case (small dynamics against every library) runs with whatever is installed: a missing library is
+    reported, never an error; each result comes with its error against the float64 reference."""
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        import bench_peers
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    monkeypatch.setattr(bench_peers, "installed", lambda library: library != "diffrax")
+    row = bench_peers.run_peer_case("vdp_joint", warmup=0, repeats=1, libraries=("neuralode", "diffrax"))
+    assert row["diffrax"] == "not installed"
+    assert row["neuralode"]["ms"] > 0 and 0 < row["neuralode"]["rel_err"] < 1e-2  # tolerance 1e-5 over 200 outputs
+    table = bench_peers.table([row], ("neuralode", "diffrax"))
+    assert "| vdp_joint | " in table and "| not installed |" in table

@@ -27,7 +27,7 @@ def test_every_registered_method_is_a_solver_option():
     for method in SOLVERS:
         assert OmegaConf.to_container(toy_config(f"solver={method}").solver) == {
             "method": method, "tol": None, "rtol": None, "atol": None, "adjoint": True,
-            "options": {}, "adjoint_options": {}}
+            "options": {}, "adjoint_options": {}, "compile": False}
 
 
 def test_lsoda_preset_is_the_paper_solver_family():
@@ -114,6 +114,16 @@ def test_adjoint_options_add_to_the_forward_options():
     spec = SolverSpec.from_config(cfg.solver, default_tol=cfg.task.default_tol)
     assert spec.backward_options() == {**RUNNER_OPTIONS, "max_num_steps": 50, "norm": "seminorm", "first_step": 0.1}
     assert SolverSpec(options={"max_num_steps": 50}).backward_options() is None  # odeint_adjoint inherits itself
+
+
+def test_solver_compile_selects_the_compiled_step_of_an_adaptive_method():
+    cfg = toy_config("solver.compile=true")
+    validate(cfg)
+    assert SolverSpec.from_config(cfg.solver, default_tol=cfg.task.default_tol).options["compile"] is True
+    assert "compile" not in SolverSpec.from_config(toy_config().solver, default_tol=1e-3).options
+    with pytest.raises(ConfigError, match=r"solver\.compile=true needs an adaptive explicit Runge-Kutta method "
+                                          r"\(.*dopri5.*\); solver\.method=rk4 has no compiled step"):
+        validate(toy_config("solver=rk4", "++solver.options.step_size=0.1", "solver.compile=true"))
 
 
 def test_run_dir_is_named_by_the_overrides():
