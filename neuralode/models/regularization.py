@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from neuralode.errors import ConfigError
+
 # The integrals in the order they sit in the extra part of the state.
 INTEGRALS = ("kinetic", "jacobian")
 
@@ -67,16 +69,16 @@ def regularization_from_config(node: Any, model: str, *, has_ode: bool, steer_en
         return regularization
     if not has_ode:
         on = ", ".join(f"regularize.{k}" for k in ("kinetic", "jacobian", "steer") if getattr(regularization, k) > 0)
-        raise ValueError(f"{on} regularises an ODE block's dynamics, and model={model} has none; "
-                         "train a neural ODE model or leave regularize out")
+        raise ConfigError(f"{on} regularises an ODE block's dynamics, and model={model} has none; "
+                          "train a neural ODE model or leave regularize out")
     if regularization.steer > 0:
         if steer_end is None:
-            raise ValueError(f"regularize.steer={regularization.steer:g} samples the end time of a solve, and "
-                             f"{no_steer_reason}; use regularize.steer=0 (kinetic and jacobian apply here)")
+            raise ConfigError(f"regularize.steer={regularization.steer:g} samples the end time of a solve, and "
+                              f"{no_steer_reason}; use regularize.steer=0 (kinetic and jacobian apply here)")
         if regularization.steer >= steer_end:
-            raise ValueError(f"regularize.steer={regularization.steer:g} is invalid for model={model}: its solves end "
-                             f"at T={steer_end:g}, and t1 ~ U[T - b, T + b] must stay after t0 = 0; use a b below "
-                             f"{steer_end:g}, e.g. regularize.steer={steer_end / 2:g}")
+            raise ConfigError(f"regularize.steer={regularization.steer:g} is invalid for model={model}: its solves end "
+                              f"at T={steer_end:g}, and t1 ~ U[T - b, T + b] must stay after t0 = 0; use a b below "
+                              f"{steer_end:g}, e.g. regularize.steer={steer_end / 2:g}")
     return regularization
 
 
