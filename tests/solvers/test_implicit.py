@@ -247,6 +247,24 @@ def test_options():
         odeint(van_der_pol, y0, t, method="radauIIA3", options=dict(step_size=0.1, max_iters=100))
 
 
+
+@pytest.mark.parametrize("solve", [odeint, odeint_adjoint], ids=["odeint", "odeint_adjoint"])
+def test_warnings_point_at_the_callers_line(solve):
+    class Linear(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.tensor([[-1.0, 2.0], [-3.0, 0.5]]))
+
+        def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return self.weight @ y
+
+    func = Linear()
+    with pytest.warns(RuntimeWarning, match="did not converge") as record:
+        solve(func, torch.ones(2), torch.tensor([0.0, 1.0]), method="radauIIA3",  # the line warned about
+              options=dict(step_size=0.5, max_iters=1))
+    assert record[0].filename == __file__, record[0].filename
+    assert "the line warned about" in open(__file__).read().splitlines()[record[0].lineno - 1]
+
 def test_odeint_adjoint_matches_backpropagation():
     # The adjoint's augmented dynamics are opaque to autograd: their stages fall back to fixed-point iteration.
     weight = torch.nn.Parameter(torch.tensor([[-1.0, 2.0], [-3.0, 0.5]]))
