@@ -12,9 +12,11 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
@@ -33,26 +35,56 @@ commands:
   eval    evaluate a checkpoint, e.g. at another solver or tolerance
           neuralode eval checkpoint=<run dir or .pt> solver=rk4 solver.tol=1e-2
 
-`neuralode <command> --help` lists the config groups and their options; `--cfg job` prints the
+`neuralode <command> --help` lists the config groups, their options and the keys; `--cfg job` prints the
 composed config; -m runs a sweep (solver=dopri5,rk4). HYDRA_FULL_ERROR=1 shows tracebacks.
 """
 
+COMMAND_USAGE = {
+    "train": """\
+usage: neuralode train [group=option ...] [key=value ...]
+       neuralode train -m [group=option,option ...] [key=value,value ...]   (a sweep, one run per combination)
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors caused by what the user asked for or gave (values, files, folders, permissions, dynamics that a
-    setting made blow up); anything else is a bug and keeps its traceback. A function: importing the
-    exception classes loads Hydra and torch, which ``--help`` does not need."""
+Trains a task. The run dir is outputs/<task>/<overrides>; the same command resumes it, and with a larger
+trainer.epochs continues it.
+""",
+    "eval": """\
+usage: neuralode eval checkpoint=<run dir or last.pt> [solver=<method>] [key=value ...]
+
+Evaluates a trained checkpoint, by default with the solver it was trained with; what you set replaces it.
+""",
+}
+# The groups a user picks, in the order the help lists them (task_profile follows task and profile by itself).
+_HELP_GROUPS = {"train": ("task", "model", "data", "solver", "profile"), "eval": ("solver",)}
+# Where a group without a default in the command's config takes its option from.
+_HELP_DEFAULT_FROM = {"train": "the task's", "eval": "the checkpoint's"}
+# What the schema's free-form dicts hold.
+_HELP_FREE_FORM = {"train": "the keys of the chosen task, model and data", "eval": "changes to the checkpoint's data "
+                   "config, e.g. data.root=<folder>"}
+
+
+def user_error(error: BaseException) -> BaseException | None:
+    """The user's mistake behind ``error``, or None for a bug, which keeps its traceback: one of neuralode's own
+    errors (:class:`~neuralode.errors.NeuralodeError`: config, data, checkpoint, a solve that could not finish),
+    Hydra's or OmegaConf's error about the command line or config, or an OSError (the user's files and folders:
+    a missing path, no permission, a full disk) -- raised as such or named as the cause of another (Hydra wraps an
+    unwritable run dir's OSError in a ValueError). Imports Hydra and torch, which ``--help`` does not need."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from neuralode.solvers import MaxNumStepsError, NonFiniteError
+    from neuralode.errors import NeuralodeError
 
-    return (HydraException, OmegaConfBaseException, ValueError, OSError, MaxNumStepsError, NonFiniteError)
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, (NeuralodeError, HydraException, OmegaConfBaseException, OSError)):
+            return cause
+        cause = cause.__cause__
+    return None
 
 
 def _train_app(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
+    from tqdm import tqdm
 
     from neuralode.train import train  # imported here: TensorBoard & co. load only for this command
     from neuralode.utils.interrupt import Interrupted
@@ -68,18 +100,31 @@ def _train_app(cfg: DictConfig) -> None:
             _label_log_lines(f"job #{hydra_cfg.job.num} ({hydra_cfg.job.override_dirname})")
             if cfg.trainer.progress == "auto":  # bars of parallel jobs would redraw over each other's lines
                 cfg.trainer.progress = False
-            # A sweep outlives a failed job: raise, so Hydra records the failure and runs the other jobs;
-            # it re-raises the first failure at the end, which main() reports in one line (exit code 2).
-            train(cfg, run_dir, on_accepted=lambda: _record_config(cfg, run_dir))
-        else:
-            with _reported("neuralode train"):
-                train(cfg, run_dir, on_accepted=lambda: _record_config(cfg, run_dir))
+            # tqdm's default lock is a named semaphore in a launcher's worker process; a worker ended by a stop
+            # (joblib kills them on Ctrl-C or SIGTERM) never frees it, and Python's resource tracker then warns
+            # at exit. Each job's bars are its own process's, so a thread lock is all they need.
+            tqdm.set_lock(threading.RLock())
+        with _file_log_held() as release_file_log:
+            def accepted() -> None:
+                _record_config(cfg, run_dir)
+                release_file_log()
+
+            if hydra_cfg.mode == RunMode.MULTIRUN:
+                # A sweep outlives a failed job: raise, so Hydra records the failure and runs the other jobs;
+                # it re-raises the first failure at the end, which main() reports in one line (exit code 2).
+                train(cfg, run_dir, on_accepted=accepted)
+            else:
+                with _reported("neuralode train"):
+                    train(cfg, run_dir, on_accepted=accepted)
     except Interrupted as e:
-        # Stops a sweep too: SystemExit is not an Exception, so Hydra's launcher does not record and go on.
         _remove_if_unused(run_dir)
         print(f"neuralode train: {e}", file=sys.stderr)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            # Ends the sweep (Hydra's launchers record only an Exception and go on), from a launcher's worker
+            # process too, and main() says so last, whichever stop reaches it first: this one or its own.
+            raise Stopped(e.signum) from None
         sys.exit(e.exit_code)
-    except (SystemExit, KeyboardInterrupt, *_user_errors()):
+    except BaseException:  # refused, stopped or crashed: a run dir that holds nothing is not left behind
         _remove_if_unused(run_dir)
         raise
 
@@ -96,6 +141,40 @@ def _record_config(cfg: DictConfig, run_dir: Path) -> None:
     for name, node in (("config.yaml", cfg), ("hydra.yaml", OmegaConf.create({"hydra": hydra_cfg})),
                        ("overrides.yaml", hydra_cfg.overrides.task)):
         write_text_atomic(run_dir / ".hydra" / name, OmegaConf.to_yaml(node))
+
+
+@contextlib.contextmanager
+def _file_log_held() -> Iterator[Callable[[], None]]:
+    """Hold the lines meant for the run dir's ``train.log`` back until the command is accepted; the function it
+    yields writes them and lets later lines through. Until then a line logged by anything (a library's warning
+    while the task is built) would create ``train.log``, which keeps a refused command's run dir, or add to an
+    existing run's log. The console shows every line as it comes; a refused command's held lines are dropped."""
+    from logging.handlers import MemoryHandler
+
+    root = logging.getLogger()
+    held = {handler: MemoryHandler(capacity=sys.maxsize, flushLevel=sys.maxsize, target=handler, flushOnClose=False)
+            for handler in root.handlers if isinstance(handler, logging.FileHandler)}
+    for file_handler, buffer in held.items():
+        buffer.setLevel(file_handler.level)
+    buffers = {buffer: file_handler for file_handler, buffer in held.items()}
+    root.handlers = [held.get(handler, handler) for handler in root.handlers]
+
+    def restore() -> None:
+        root.handlers = [buffers.get(handler, handler) for handler in root.handlers]
+
+    def release() -> None:
+        restore()
+        for buffer in held.values():
+            buffer.flush()
+
+    try:
+        yield release
+    finally:
+        restore()  # a no-op once released
+        for buffer in held.values():
+            # Without a target: logging.shutdown() at exit flushes every handler still referenced (by a traceback
+            # kept up to then, say), and a refused command's lines must not reach train.log even so.
+            buffer.close()
 
 
 class _JobLabel(logging.Filter):
@@ -154,42 +233,91 @@ def main(argv: Sequence[str] | None = None) -> None:
     command, rest = args[0], args[1:]
     if command not in COMMANDS:
         _fail("neuralode", f"unknown command {command!r}; use one of: {', '.join(COMMANDS)} (neuralode --help)")
-    config_name, app = COMMANDS[command]
+    if rest in (["--help"], ["-h"]):  # with overrides, Hydra's help shows the config they compose
+        print(command_help(command, COMMANDS[command][0]), end="")
+        sys.exit(0)
     _check_launcher(command, rest)
+    # Outside the trainer (which handles both signals itself while it trains) a stop is one line, not a traceback:
+    # from here on, start-up included (importing Hydra and torch takes seconds).
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        _run(command, rest)
+    except KeyboardInterrupt as e:  # Ctrl-C, or a Stopped
+        signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
+        print(f"neuralode {command}: stopped by {signal.Signals(signum).name}; every run keeps its last checkpoint, "
+              "and the same command resumes", file=sys.stderr)
+        sys.exit(128 + signum)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(command: str, args: Sequence[str]) -> None:
     import hydra
 
     from neuralode.config import config_dir, register_configs
 
+    config_name, app = COMMANDS[command]
     register_configs()
-    _compose_once(rest)
+    _compose_once(args)
     run = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(app)
     # Hydra reads its overrides from sys.argv and reports errors itself unless HYDRA_FULL_ERROR is set;
     # setting it makes Hydra re-raise, so user errors can be reported here in one line.
     global _wants_traceback
     _wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    sys.argv = [f"neuralode {command}", *(rewrite_override(arg, command) for arg in rest)]
-    # Outside the trainer (which handles both signals itself while it trains) a stop is one line, not a traceback.
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        with _reported(f"neuralode {command}"):
-            run()
-    except KeyboardInterrupt as e:
-        name, code = ("SIGTERM", 143) if isinstance(e, Terminated) else ("SIGINT", 130)
-        print(f"neuralode {command}: stopped by {name}; every run keeps its last checkpoint, and the same command "
-              "resumes", file=sys.stderr)
-        sys.exit(code)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    sys.argv = [f"neuralode {command}", *(rewrite_override(arg, command) for arg in args)]
+    with _reported(f"neuralode {command}"):
+        run()
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM outside the trainer's own handling, raised like Ctrl-C so that every layer unwinds the same way
-    (joblib's launcher then ends its workers, none is left behind)."""
+def command_help(command: str, config_name: str) -> str:
+    """``neuralode <command> --help``: the groups' options and the keys, read from the shipped configs and the
+    schema. Hydra's own help would take seconds (it copies its config repository once per group and option)."""
+    import textwrap
+
+    import yaml
+
+    from neuralode.config import Config, EvalConfig, config_dir, solver_names
+
+    defaults_list = yaml.safe_load((config_dir() / f"{config_name}.yaml").read_text()).get("defaults", [])
+    defaults = {k: v for entry in defaults_list if isinstance(entry, dict) for k, v in entry.items() if v is not None}
+    lines = [COMMAND_USAGE[command], "groups (group=option; * marks the default):"]
+    for group in _HELP_GROUPS[command]:
+        options = solver_names() if group == "solver" else [p.stem for p in (config_dir() / group).glob("*.yaml")]
+        listed = ", ".join(f"{o}*" if o == defaults.get(group) else o for o in sorted(options, key=str.lower))
+        if group not in defaults:
+            listed = f"(default: {_HELP_DEFAULT_FROM[command]}) {listed}"
+        lines.append(textwrap.fill(listed, width=110, initial_indent=f"  {group:<8} ",
+                                   subsequent_indent=" " * 11, break_on_hyphens=False))
+    nested, free_form, scalars = [], [], []
+    for field in dataclasses.fields(Config if command == "train" else EvalConfig):
+        default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+        if dataclasses.is_dataclass(default) and field.name != "profile":  # profile.name is set by profile=
+            nested.append(f"  {field.name + '.':<9}{', '.join(f.name for f in dataclasses.fields(default))}")
+        elif isinstance(default, dict):
+            free_form.append(f"{field.name}.*")
+        elif field.name != "profile":
+            scalars.append(field.name)
+    example = "task=mnist model=odenet" if command == "train" else "checkpoint=<run dir>"
+    lines += ["", f"keys (key=value; neuralode {command} {example} --cfg job prints every value):", *nested,
+              f"  {', '.join(free_form)}: {_HELP_FREE_FORM[command]}", f"  {', '.join(scalars)}", "",
+              f"neuralode {command} <overrides> --help shows Hydra's help with the config those overrides compose;",
+              "--hydra-help shows Hydra's own flags."]
+    return "\n".join(lines) + "\n"
 
 
-def _raise_terminated(_signum: int, _frame: FrameType | None) -> None:
-    raise Terminated()
+class Stopped(KeyboardInterrupt):
+    """A stop by signal ``signum``: SIGTERM outside the trainer's own handling, or a sweep job's stop passed up to
+    the sweep; raised like Ctrl-C so that every layer unwinds the same way (joblib's launcher then ends its
+    workers, none is left behind)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)  # the arguments a launcher's worker process pickles it with
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, _frame: FrameType | None) -> None:
+    raise Stopped(signum)
 
 
 _wants_traceback = False
@@ -233,8 +361,11 @@ def rewrite_override(arg: str, command: str) -> str:
     key, eq, value = arg.partition("=")
     if not eq:
         return arg
-    if key in _PATH_KEYS[command] and not value.startswith(("'", '"')):
-        return f"{key}='" + value.replace("'", "\\'") + "'"
+    quoted = len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""  # quoted for Hydra already
+    if key in _PATH_KEYS[command] and not quoted:
+        # Hydra's quoted strings take any character; only quotes, and backslashes before a quote or the closing
+        # one, are escaped.
+        return f"{key}='" + re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), value) + "'"
     if key.startswith(_OPEN_DICTS[command]):
         return "++" + arg
     return arg
@@ -242,11 +373,12 @@ def rewrite_override(arg: str, command: str) -> str:
 
 @contextlib.contextmanager
 def _reported(prog: str) -> Iterator[None]:
-    """Turn a user error into one line on stderr and exit code 2 (a traceback with HYDRA_FULL_ERROR=1)."""
+    """Turn a user error into one line on stderr and exit code 2 (a traceback with HYDRA_FULL_ERROR=1); any other
+    exception is a bug and keeps its traceback."""
     try:
         yield
-    except _user_errors() as e:
-        if _wants_traceback:
+    except Exception as e:
+        if _wants_traceback or user_error(e) is None:
             raise
         _fail(prog, describe_error(e))
 

@@ -15,13 +15,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 import neuralode
 from neuralode.errors import ConfigError
-from neuralode.solvers import SOLVERS
-from neuralode.solvers.odeint import check_options
+from neuralode.solvers.names import METHOD_NAMES
 from neuralode.utils.rundir import safe_name
 
 
@@ -48,6 +46,15 @@ class TrainerConfig:
 
 
 @dataclass
+class RegularizeConfig:
+    """Training-time regularisers of every ODE block (neuralode/models/regularization.py); 0 leaves one off."""
+
+    kinetic: float = 0.0    # weight of the kinetic energy, the integral of mean f² over the solve
+    jacobian: float = 0.0   # weight of the Jacobian's squared Frobenius norm (Hutchinson), integrated alike
+    steer: float = 0.0      # STEER's b: the solve's end time t1 ~ U[T - b, T + b] in training
+
+
+@dataclass
 class ProfileConfig:
     name: str = MISSING
 
@@ -59,6 +66,7 @@ class Config:
     data: Dict[str, Any] = field(default_factory=dict)
     solver: SolverConfig = field(default_factory=SolverConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    regularize: RegularizeConfig = field(default_factory=RegularizeConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     seed: int = 0
     device: str = "auto"
@@ -90,7 +98,7 @@ class EvalConfig:
     threads: Optional[int] = None                    # torch.set_num_threads; None leaves torch's default
 
 
-# Runner names for a method with fixed options, beside one per SOLVERS entry. lsoda is the solver family of
+# Runner names for a method with fixed options, beside one per solver method. lsoda is the solver family of
 # the paper's experiments (LSODE's implicit Adams, switching to BDF when stiff), run by SciPy on the host.
 SOLVER_PRESETS: dict[str, dict[str, Any]] = {
     "lsoda": {"method": "scipy_solver", "options": {"solver": "LSODA"}},
@@ -99,7 +107,7 @@ SOLVER_PRESETS: dict[str, dict[str, Any]] = {
 
 def solver_names() -> list[str]:
     """Every ``solver=<name>``: the registered methods and the presets whose method is registered."""
-    return [*SOLVERS, *(name for name, p in SOLVER_PRESETS.items() if p["method"] in SOLVERS)]
+    return [*METHOD_NAMES, *(name for name, p in SOLVER_PRESETS.items() if p["method"] in METHOD_NAMES)]
 
 
 def solver_label(method: str, options: Any) -> str:
@@ -128,6 +136,8 @@ def run_name(override_dirname: str) -> str:
 def register_configs() -> None:
     """Put the schemas in Hydra's ConfigStore (``config.yaml`` and ``eval.yaml`` list them first) and the
     ``run_name`` resolver the run dir is named with."""
+    from hydra.core.config_store import ConfigStore  # Hydra loads for a command, not for its --help
+
     OmegaConf.register_new_resolver("run_name", run_name, replace=True)
     OmegaConf.register_new_resolver("safe_name", safe_name, replace=True)
     cs = ConfigStore.instance()
@@ -170,6 +180,9 @@ MIN_RTOL = 5e-7
 def validate_solver(solver: Any, key: str = "solver") -> None:
     """Check a (possibly partial, for eval) solver config: known method, tolerances positive and above what
     float32 resolves."""
+    from neuralode.solvers import SOLVERS  # imports torch, which the CLI's help does not need
+    from neuralode.solvers.odeint import check_options
+
     method = solver.get("method")
     if method is not None and method not in SOLVERS:
         raise ConfigError(f"{key}.method={method!r} is unknown; use one of: {', '.join(sorted(SOLVERS))}")
@@ -199,8 +212,20 @@ def validate_solver(solver: Any, key: str = "solver") -> None:
                               f"use {key}.{name} >= {MIN_RTOL:g}")
 
 
+def validate_regularize(regularize: Any) -> None:
+    """Weights and STEER's half-width are >= 0 and finite (whether b fits the solve's end time, and whether the
+    model has an ODE block at all, the task checks: neuralode/models/regularization.py)."""
+    for name in ("kinetic", "jacobian", "steer"):
+        value = regularize[name]
+        if not 0 <= value < math.inf:
+            example = "regularize.steer=0.5 (b, with t1 ~ U[T - b, T + b])" if name == "steer" else f"regularize.{name}=0.01"
+            raise ConfigError(f"regularize.{name}={value} is invalid; it must be >= 0 and finite (0: off), e.g. {example}")
+
+
 def is_fixed_step(method: str) -> bool:
     """Whether ``method`` steps on a grid set by ``options.step_size`` (rk4, euler, the implicit RK and Adams family)."""
+    from neuralode.solvers import SOLVERS
+
     solver = SOLVERS[method]
     return not solver.adaptive and "step_size" in solver.valid_options
 
@@ -291,8 +316,10 @@ def _check_group(cfg: DictConfig, group: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Value checks the schema's types cannot express; raises :class:`ConfigError` with one clear line."""
     for node, schema, prefix in ((cfg, Config, ""), (cfg.solver, SolverConfig, "solver."),
-                                 (cfg.trainer, TrainerConfig, "trainer."), (cfg.profile, ProfileConfig, "profile.")):
+                                 (cfg.trainer, TrainerConfig, "trainer."), (cfg.regularize, RegularizeConfig, "regularize."),
+                                 (cfg.profile, ProfileConfig, "profile.")):
         _check_keys(node, schema, prefix)
+    validate_regularize(cfg.regularize)
     validate_solver(cfg.solver)
     check_step_size(cfg.solver)
     validate_device(cfg.device)

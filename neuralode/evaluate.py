@@ -18,6 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from neuralode.config import check_step_size, is_fixed_step, solver_label, validate_device, validate_solver, validate_threads
+from neuralode.errors import CheckpointError
 from neuralode.models.odeblock import SolverSpec
 from neuralode.tasks import Task
 from neuralode.utils.checkpoint import checkpoint_config, checkpoint_path, load_checkpoint, restore_part
@@ -70,7 +71,7 @@ def restore_task(checkpoint: str | Path, solver: Mapping[str, Any] | None = None
     ckpt = load_checkpoint(path)
     cfg = checkpoint_config(ckpt, path, task_module)  # before anything is built from it
     if task_name is not None and cfg.task.name != task_name:
-        raise ValueError(f"{checkpoint} is a task={cfg.task.name} checkpoint; this needs task={task_name}")
+        raise CheckpointError(f"{checkpoint} is a task={cfg.task.name} checkpoint; this needs task={task_name}")
     cfg.solver = _patched_solver(cfg.solver, solver)
     check_step_size(cfg.solver)  # e.g. solver=rk4 asked of a dopri5 checkpoint, which had no step size
     if data:

@@ -15,6 +15,7 @@ contain (a kill between the two writes) are dropped, damaged ones restored (and 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -29,8 +30,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from neuralode.config import ConfigError, validate
-from neuralode.models.odeblock import SolverSpec, collect_solve_stats, reset_solve_stats
+from neuralode.config import ConfigError, RegularizeConfig, validate
+from neuralode.errors import NeuralodeError
+from neuralode.models.odeblock import ODEBlock, SolverSpec, collect_solve_stats, reset_solve_stats, take_penalties
 from neuralode.solvers import MaxNumStepsError, NonFiniteError
 from neuralode.tasks import Task
 from neuralode.utils.checkpoint import (
@@ -63,7 +65,7 @@ log = logging.getLogger(__name__)
 _RESUME_FREE = {"device", "trainer", "profile", "data.root", "data.download", "data.cache_dir"}
 # Keys added after run dirs already existed, with the value that reproduces those runs: a checkpoint saved
 # without the key resumes under that value (and is refused under any other).
-_ADDED_KEYS: dict[str, Any] = {"task.lr_cycles": 1}
+_ADDED_KEYS: dict[str, Any] = {"task.lr_cycles": 1, "regularize": dataclasses.asdict(RegularizeConfig())}
 # A bar redraws at most this often: each redraw is a line in anything that records the terminal.
 BAR_REDRAW_S = 0.5
 
@@ -98,6 +100,7 @@ def _train(cfg: DictConfig, run_dir: Path, stop: StopSignals, on_accepted: Calla
 
     seed_everything(cfg.seed)
     task = build_task_from_config(cfg, device)
+    _check_regularized(cfg, task)
     optimizer, scheduler = task.configure_optimizers()
     done = ckpt["epoch"] if ckpt is not None else 0
     history: list[dict[str, Any]] = []
@@ -159,6 +162,16 @@ def _train(cfg: DictConfig, run_dir: Path, stop: StopSignals, on_accepted: Calla
         tb.close()
     log.info(f"run dir: {run_dir}  ({len(paths)} figures)")
     return record
+
+
+def _check_regularized(cfg: DictConfig, task: Task) -> None:
+    """A ``regularize.*`` setting no ODE block of the model took (a plug-in task that does not pass it on) would
+    train unregularised without a word: refuse it."""
+    asked = [f"regularize.{k}={v}" for k, v in cfg.regularize.items() if v]
+    if asked and not any(m.regularization.active for m in task.model.modules() if isinstance(m, ODEBlock)):
+        raise ConfigError(f"{' '.join(asked)} is set, but no ODE block of task={cfg.task.name}'s model takes it; "
+                          "build its ODEBlock with regularization=regularization_from_config(cfg.regularize, ...) "
+                          "(neuralode/models/regularization.py), or leave regularize out")
 
 
 def _save_epoch(metrics_file: MetricsFile, ckpt_path: Path, ckpt: dict[str, Any]) -> None:
@@ -231,7 +244,7 @@ def _drop_checkpoint_without_history(ckpt_path: Path) -> None:
         ckpt_path.unlink()
 
 
-class TrainingError(ValueError):
+class TrainingError(NeuralodeError, ValueError):
     """Training cannot go on as configured (diverged, solver gave up); the message says why and what to change."""
 
 
@@ -297,10 +310,12 @@ def _run_epoch(task: Task, optimizer: torch.optim.Optimizer, step_scheduler: tor
         for batch in bar:
             out = task.training_step(batch)
             loss = out.loss.item()
-            if not math.isfinite(loss):
-                raise NonFiniteError(f"the training loss is {loss} at step {batches + 1}")
+            penalty, penalties = take_penalties(model)  # the regularisers' weighted sum and values (reg_*)
+            if not math.isfinite(loss) or not all(map(math.isfinite, penalties.values())):
+                raise NonFiniteError(f"the training loss is {loss} at step {batches + 1}"
+                                     + "".join(f", {name} {value}" for name, value in penalties.items()))
             optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
+            (out.loss if penalty is None else out.loss + penalty).backward()
             optimizer.step()
             step += 1
             step_lr = optimizer.param_groups[0]["lr"]
@@ -308,13 +323,13 @@ def _run_epoch(task: Task, optimizer: torch.optim.Optimizer, step_scheduler: tor
                 step_scheduler.step()
             check_stop()
             sums["train_loss"] += loss * out.batch_size
-            for key, value in out.metrics.items():
+            for key, value in (*out.metrics.items(), *penalties.items()):
                 sums[key] += float(value) * out.batch_size
             seen += out.batch_size
             batches += 1
             stats = collect_solve_stats(model)
             tb.step_scalars({"loss": loss, "lr": step_lr, "nfe_forward": stats.nfe_forward - nfe_before[0],
-                             "nfe_backward": stats.nfe_backward - nfe_before[1]}, step)
+                             "nfe_backward": stats.nfe_backward - nfe_before[1], **penalties}, step)
             nfe_before = (stats.nfe_forward, stats.nfe_backward)
             bar.set_postfix(loss=f"{loss:.4f}", nfe=f"{stats.nfe_forward / batches:.1f}/{stats.nfe_backward / batches:.1f}",
                             refresh=False)

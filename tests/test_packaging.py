@@ -17,11 +17,17 @@ DISTRIBUTIONS = {"torch": "torch", "torchvision": "torchvision", "hydra": "hydra
 RUNNER_ONLY = ("hydra", "omegaconf", "matplotlib", "tensorboard", "torchvision", "sklearn")
 
 
+def run_and_list_modules(code: str) -> tuple[str, set[str]]:
+    """What ``code`` prints in a fresh interpreter, and the top-level modules in sys.modules after it."""
+    probe = f"{code}\nimport sys\nprint()\nprint(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    printed, _, modules = result.stdout.rstrip("\n").rpartition("\n")
+    return printed, set(modules.split())
+
+
 def loaded_after(code: str) -> set[str]:
     """The top-level modules in sys.modules after running ``code`` in a fresh interpreter."""
-    probe = f"{code}\nimport sys\nprint(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    return set(result.stdout.split())
+    return run_and_list_modules(code)[1]
 
 
 def test_the_cli_and_its_help_load_neither_torch_nor_hydra():
@@ -30,10 +36,39 @@ def test_the_cli_and_its_help_load_neither_torch_nor_hydra():
     assert not {"torch", "hydra", "omegaconf"} & loaded_after(help_run)
 
 
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_a_commands_help_loads_neither_torch_nor_hydra(command):
+    help_run = (f"import neuralode.cli\ntry:\n    neuralode.cli.main([{command!r}, '--help'])\n"
+                "except SystemExit as e:\n    assert not e.code, e.code")
+    stdout, loaded = run_and_list_modules(help_run)
+    assert f"usage: neuralode {command}" in stdout and "dopri5" in stdout and "solver." in stdout
+    assert not {"torch", "hydra"} & loaded
+
+
+def test_hydras_help_for_overrides_loads_no_torch():
+    # Composing registers one solver=<name> option per method: the names come without the solvers' torch code.
+    help_run = ("import neuralode.cli\ntry:\n    neuralode.cli.main(['train', 'task=spiral', '--help'])\n"
+                "except SystemExit:\n    pass")
+    stdout, loaded = run_and_list_modules(help_run)
+    assert "name: spiral" in stdout and "dopri5" in stdout
+    assert "hydra" in loaded and "torch" not in loaded
+
+
 def test_the_solver_library_imports_with_torch_alone():
     loaded = loaded_after("import neuralode, neuralode.solvers\nfrom neuralode import odeint, odeint_adjoint")
     assert "torch" in loaded
     assert not set(RUNNER_ONLY) & loaded
+
+
+def test_the_solver_names_and_errors_load_without_torch():
+    assert "torch" not in loaded_after("import neuralode.solvers.names, neuralode.errors")
+
+
+def test_odeint_stays_the_function_when_its_submodule_loads_first():
+    # neuralode.solvers loads its API lazily; importing the submodule of the same name must not replace the function.
+    code = ("import types\nimport neuralode.solvers.odeint\nfrom neuralode.solvers import odeint\n"
+            "from neuralode import odeint as top\nassert not isinstance(odeint, types.ModuleType) and top is odeint")
+    assert "torch" in loaded_after(code)
 
 
 def test_every_imported_package_is_declared():

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from neuralode.data.mnist import DataError, Split
+from neuralode.errors import DataError
 
 CLASSES = tuple(str(d) for d in range(10))
 TEST_PER_CLASS = 36          # 360 test images, 1,437 train
@@ -34,8 +34,9 @@ def _load_images() -> tuple[torch.Tensor, torch.Tensor, Path]:
     return images, torch.as_tensor(bunch.target, dtype=torch.long), Path(sklearn.__file__).parent / "datasets" / "data"
 
 
-def load_digits_split(train: bool) -> Split:
-    """The fixed train or test split: the first TEST_PER_CLASS of a seeded shuffle of each class are test."""
+def load_digits_split(train: bool) -> tuple[torch.Tensor, torch.Tensor, Path]:
+    """The fixed train or test split as (images, labels, source folder): the first TEST_PER_CLASS of a seeded
+    shuffle of each class are test."""
     images, labels, source = _load_images()
     gen = torch.Generator().manual_seed(_SPLIT_SEED)
     order = torch.randperm(len(labels), generator=gen)
@@ -43,4 +44,4 @@ def load_digits_split(train: bool) -> Split:
     for digit in range(len(CLASSES)):
         is_test[order[labels[order] == digit][:TEST_PER_CLASS]] = True
     keep = torch.nonzero(~is_test if train else is_test).squeeze(1)
-    return Split(images=images[keep], labels=labels[keep], source=source)
+    return images[keep], labels[keep], source

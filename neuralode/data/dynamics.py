@@ -27,6 +27,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from neuralode.data.samples import Samples
+from neuralode.errors import ConfigError
 from neuralode.solvers import odeint
 
 CUBIC_A = ((-0.1, 2.0), (-2.0, -0.1))
@@ -78,7 +80,7 @@ def at_times(states: torch.Tensor, solved_at: torch.Tensor, times: torch.Tensor)
 
 
 @dataclass
-class Observations:
+class Observations(Samples):
     """``n`` trajectories observed at ``times`` [N, K] (sorted, from 0): noisy ``values`` and the noise-free
     ``clean`` states [N, K, D], started from ``y0`` [N, D]."""
 
@@ -86,9 +88,6 @@ class Observations:
     values: torch.Tensor
     clean: torch.Tensor
     y0: torch.Tensor
-
-    def __len__(self) -> int:
-        return self.times.shape[0]
 
 
 @dataclass
@@ -115,7 +114,7 @@ class DynamicsData:
     def apply(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> DynamicsData:
         """A copy with ``fn`` applied to every tensor (a device move, a dtype cast)."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
-        values["train"] = Observations(*(fn(getattr(self.train, f.name)) for f in fields(Observations)))
+        values["train"] = self.train.apply(fn)
         return DynamicsData(**{k: fn(v) if isinstance(v, torch.Tensor) else v for k, v in values.items()})
 
     def to(self, device: torch.device | str) -> DynamicsData:
@@ -143,11 +142,11 @@ def generate_dynamics(system: System, *, t_end: float, n_points: int, extrapolat
                       irregular: bool, n_trajectories: int, n_test: int, ic_scale_min: float, seed: int) -> DynamicsData:
     """Training observations and evaluation sets (float32); a function of its arguments."""
     if n_points < 2 or n_trajectories < 1 or n_test < 1 or t_end <= 0 or extrapolate < 0 or noise_std < 0:
-        raise ValueError("data: need n_points >= 2, n_trajectories >= 1, n_test >= 1, t_end > 0, extrapolate >= 0 "
-                         f"and noise_std >= 0; got {n_points}, {n_trajectories}, {n_test}, {t_end}, {extrapolate}, "
-                         f"{noise_std}")
+        raise ConfigError("data: need n_points >= 2, n_trajectories >= 1, n_test >= 1, t_end > 0, extrapolate >= 0 "
+                          f"and noise_std >= 0; got {n_points}, {n_trajectories}, {n_test}, {t_end}, {extrapolate}, "
+                          f"{noise_std}")
     if not 0 < ic_scale_min <= 1:
-        raise ValueError(f"data.ic_scale_min must be in (0, 1], got {ic_scale_min}")
+        raise ConfigError(f"data.ic_scale_min must be in (0, 1], got {ic_scale_min}")
     gen = torch.Generator().manual_seed(seed)
     dt = t_end / (n_points - 1)
     n_extra = round(extrapolate * (n_points - 1))

@@ -10,11 +10,13 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
+from neuralode.errors import DataError
+
 # IDX type codes (third magic byte) -> numpy dtype, big-endian as the format stores them.
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-class IDXError(ValueError):
+class IDXError(DataError):
     """An IDX file is truncated, corrupt or not an IDX file at all."""
 
 

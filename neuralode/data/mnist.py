@@ -12,6 +12,7 @@ folder is never written to. Only a download writes, into ``root`` if it is writa
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Any
 
 import torch
 
+from neuralode.data.digits import CLASSES as DIGIT_CLASSES
+from neuralode.data.digits import load_digits_split
 from neuralode.data.idx import IDXError, read_idx
 from neuralode.errors import DataError
 
@@ -85,11 +88,18 @@ def torchvision_dataset(name: str) -> Any:
 
 def _download(name: str, root: Path | None, cache_dir: Path) -> None:
     target = root if root is not None and _writable(root) else cache_dir
+    # The folders torchvision is about to make, deepest first: a failed download removes those it left empty,
+    # so that a mistyped data.root leaves no folder tree behind.
+    made = [d for d in (target / DATASETS[name] / "raw", target / DATASETS[name], target, *target.parents)
+            if not d.exists()]
     try:
         dataset = torchvision_dataset(name)
         for train in (True, False):
             dataset(root=str(target), train=train, download=True)
     except Exception as e:  # torchvision raises RuntimeError/URLError/OSError depending on what failed
+        for folder in made:
+            with contextlib.suppress(OSError):  # one holding a partial file stays
+                folder.rmdir()
         # torchvision lists every mirror it tried on its own line; the first and last say what went wrong.
         lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
         detail = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
@@ -101,8 +111,7 @@ def _download(name: str, root: Path | None, cache_dir: Path) -> None:
 
 def class_names(name: str) -> list[str]:
     if name == "digits":
-        from neuralode.data.digits import CLASSES
-        return list(CLASSES)
+        return list(DIGIT_CLASSES)
     return list(CLASS_NAMES[name])
 
 
@@ -111,8 +120,7 @@ def load_split(name: str, train: bool, root: str | Path | None, cache_dir: str |
     """Load one split of ``name`` (``mnist`` | ``fashion_mnist`` | ``digits``), downloading it if allowed and
     missing; ``digits`` ships inside scikit-learn and ignores the location arguments."""
     if name == "digits":
-        from neuralode.data.digits import load_digits_split
-        return load_digits_split(train)
+        return Split(*load_digits_split(train))
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(IMAGE_DATASETS)}")
     root_p = None if root is None else _resolved(root, "data.root")

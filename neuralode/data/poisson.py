@@ -14,9 +14,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from neuralode.data.samples import Samples
+from neuralode.errors import ConfigError
+
 
 @dataclass
-class PoissonSplit:
+class PoissonSplit(Samples):
     """Padded event times ``times`` [N, L] with ``mask`` [N, L] (True for real events, left-aligned, sorted);
     the hidden parameters ``radius``, ``phase``, ``omega`` [N] give the true intensity anywhere."""
 
@@ -25,15 +28,6 @@ class PoissonSplit:
     radius: torch.Tensor
     phase: torch.Tensor
     omega: torch.Tensor
-
-    def __len__(self) -> int:
-        return self.times.shape[0]
-
-    def rows(self, idx: torch.Tensor) -> "PoissonSplit":
-        return PoissonSplit(*(getattr(self, k)[idx] for k in ("times", "mask", "radius", "phase", "omega")))
-
-    def to(self, device: torch.device) -> "PoissonSplit":
-        return PoissonSplit(*(getattr(self, k).to(device) for k in ("times", "mask", "radius", "phase", "omega")))
 
 
 @dataclass
@@ -90,8 +84,8 @@ def generate_poisson(n_sequences: int, test_fraction: float, t_end: float, weigh
                      bias: float, omega: float, seed: int) -> PoissonData:
     """Train and test event sequences (drawn independently, seeded)."""
     if n_sequences < 2 or not 0 < test_fraction < 1 or t_end <= 0 or omega <= 0:
-        raise ValueError(f"data: need n_sequences >= 2, 0 < test_fraction < 1, t_end > 0 and omega > 0; got "
-                         f"{n_sequences}, {test_fraction}, {t_end}, {omega}")
+        raise ConfigError(f"data: need n_sequences >= 2, 0 < test_fraction < 1, t_end > 0 and omega > 0; got "
+                          f"{n_sequences}, {test_fraction}, {t_end}, {omega}")
     gen = torch.Generator().manual_seed(seed)
     n_test = max(1, round(n_sequences * test_fraction))
     train = _sample_split(n_sequences - n_test, t_end, weight, bias, omega, gen)

@@ -24,29 +24,25 @@ from dataclasses import dataclass
 
 import torch
 
+from neuralode.data.samples import Samples
+from neuralode.errors import ConfigError
+
 TURNS_SPAN = 6 * math.pi
 GRID_STEP = TURNS_SPAN / 999  # 1000 points over the 3 turns (see the module docstring)
 CENTRE = 5.0
 
 
 @dataclass
-class SpiralSplit:
+class SpiralSplit(Samples):
     clean: torch.Tensor      # [N, 2P, 2] noise-free curve on the whole grid
     noisy: torch.Tensor      # [N, 2P, 2] curve + observation noise
     obs_idx: torch.Tensor    # [N, n_obs] sorted grid indices in [0, P), drawn without replacement
     clockwise: torch.Tensor  # [N] bool
 
-    def __len__(self) -> int:
-        return self.clean.shape[0]
-
     def observations(self, rows: torch.Tensor | slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self.obs_idx[rows]
         noisy = self.noisy[rows]
         return idx, torch.gather(noisy, 1, idx[..., None].expand(-1, -1, noisy.shape[-1]))
-
-    def to(self, device: torch.device) -> "SpiralSplit":
-        return SpiralSplit(self.clean.to(device), self.noisy.to(device), self.obs_idx.to(device),
-                           self.clockwise.to(device))
 
 
 @dataclass
@@ -69,17 +65,17 @@ def generate_spirals(*, n_spirals: int = 1000, n_points: int = 100, n_obs: int =
                      a: float = 0.0, b: float = 0.3, test_fraction: float = 0.2, seed: int = 0) -> SpiralData:
     """Seeded spiral data set; see the module docstring for the exact construction."""
     if n_spirals < 4 or n_spirals % 2:
-        raise ValueError(f"data.n_spirals must be an even number >= 4 (half clockwise), got {n_spirals}")
+        raise ConfigError(f"data.n_spirals must be an even number >= 4 (half clockwise), got {n_spirals}")
     max_points = int(TURNS_SPAN / GRID_STEP) // 2
     if not 2 <= n_points <= max_points:
-        raise ValueError(f"data.n_points must be in [2, {max_points}], got {n_points}")
+        raise ConfigError(f"data.n_points must be in [2, {max_points}], got {n_points}")
     if not 1 <= n_obs <= n_points:
-        raise ValueError(f"data.n_obs must be in [1, data.n_points={n_points}] (e.g. 30, 50 or 100), got {n_obs}")
+        raise ConfigError(f"data.n_obs must be in [1, data.n_points={n_points}] (e.g. 30, 50 or 100), got {n_obs}")
     if noise_std < 0:
-        raise ValueError(f"data.noise_std must be >= 0, got {noise_std}")
+        raise ConfigError(f"data.noise_std must be >= 0, got {noise_std}")
     n_test = round(n_spirals * test_fraction / 2) * 2
     if not 0 < test_fraction < 1 or not 2 <= n_test <= n_spirals - 2:
-        raise ValueError(f"data.test_fraction={test_fraction} must leave >= 2 spirals in each split of {n_spirals}")
+        raise ConfigError(f"data.test_fraction={test_fraction} must leave >= 2 spirals in each split of {n_spirals}")
 
     gen = torch.Generator().manual_seed(seed)
     t = torch.arange(2 * n_points, dtype=torch.float64) * GRID_STEP

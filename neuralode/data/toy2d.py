@@ -12,6 +12,8 @@ from typing import Optional
 
 import torch
 
+from neuralode.errors import ConfigError
+
 Sampler = Callable[[int, Optional[torch.Generator]], torch.Tensor]
 Potential = Callable[[torch.Tensor], torch.Tensor]
 
@@ -156,13 +158,13 @@ POTENTIALS: dict[str, Potential] = {
 
 def sampler(name: str) -> Sampler:
     if name not in SAMPLERS:
-        raise ValueError(f"unknown 2-D data set {name!r}; choose one of: {', '.join(SAMPLERS)}")
+        raise ConfigError(f"unknown 2-D data set {name!r}; choose one of: {', '.join(SAMPLERS)}")
     return SAMPLERS[name]
 
 
 def potential(name: str) -> Potential:
     if name not in POTENTIALS:
-        raise ValueError(f"unknown 2-D target potential {name!r}; choose one of: {', '.join(POTENTIALS)}")
+        raise ConfigError(f"unknown 2-D target potential {name!r}; choose one of: {', '.join(POTENTIALS)}")
     return POTENTIALS[name]
 
 

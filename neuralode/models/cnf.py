@@ -5,7 +5,8 @@ CNF: dz/dt = f(z, t) with d log p(z(t))/dt = -tr(df/dz) (instantaneous change of
 f(z, t) = (1/M) Σ_m σ(g_m(t)) u_m(t) tanh(w_m(t)·z + b_m(t)), with (w, u, b, g) produced by a small
 hypernetwork of t. Its Jacobian is (1/M) Σ_m σ(g_m) u_m w_mᵀ tanh'(·), so both the exact trace and
 Hutchinson's eᵀ(df/dz)e have closed forms that cost one extra (N, M) product — no autograd in the
-dynamics, which keeps the adjoint's vector-Jacobian products first-order.
+dynamics, which keeps the adjoint's vector-Jacobian products first-order. So does the Jacobian regulariser's
+εᵀ(df/dz) = (1/M) Σ_m (ε·u_m) tanh'(·) w_m (neuralode/models/regularization.py).
 """
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from neuralode.errors import ConfigError
 from neuralode.models.odeblock import ODEBlock, SolverSpec
+from neuralode.models.regularization import Regularization
 
 TRACES = ("exact", "hutchinson")
 NOISES = ("rademacher", "gaussian")
@@ -66,6 +69,11 @@ class FlowDynamics(nn.Module):
         """f(z, t) and its divergence per sample: exact, or eᵀ(df/dz)e with e = ``self.noise``."""
         raise NotImplementedError
 
+    def velocity_trace_and_probe_vjp(self, t: torch.Tensor, z: torch.Tensor, probe: torch.Tensor
+                                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``velocity_and_trace`` and ``probeᵀ (df/dz)`` per sample, from the same evaluation."""
+        raise NotImplementedError
+
     def forward(self, s: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         z, _ = state
         if self.reverse_from is None:
@@ -74,6 +82,16 @@ class FlowDynamics(nn.Module):
         f, div = self.velocity_and_trace(self.reverse_from - s, z)
         return -f, div  # the divergence of -f is -div, so d log p/ds = +div
 
+    def derivative_and_probe_vjp(self, s: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], probe: torch.Tensor
+                                 ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """``forward(s, state)`` and ``probeᵀ ∂(dz/ds)/∂z`` in closed form, for the Jacobian regulariser."""
+        z, _ = state
+        if self.reverse_from is None:
+            f, div, vjp = self.velocity_trace_and_probe_vjp(s, z, probe)
+            return (f, -div), vjp
+        f, div, vjp = self.velocity_trace_and_probe_vjp(self.reverse_from - s, z, probe)
+        return (-f, div), -vjp
+
 
 class GatedHyperDynamics(FlowDynamics):
     """The paper's CNF dynamics: (1/M) Σ_m σ(g_m(t)) u_m(t) tanh(w_m(t)·z + b_m(t)), weights from a hypernetwork."""
@@ -81,18 +99,29 @@ class GatedHyperDynamics(FlowDynamics):
     def __init__(self, dim: int, width: int, hidden: int, trace: str) -> None:
         super().__init__()
         if trace not in TRACES:
-            raise ValueError(f"model.trace={trace!r} is not supported; choose one of: {', '.join(TRACES)}")
+            raise ConfigError(f"model.trace={trace!r} is not supported; choose one of: {', '.join(TRACES)}")
         if width < 1:
-            raise ValueError(f"model.width must be >= 1 (got {width})")
+            raise ConfigError(f"model.width must be >= 1 (got {width})")
         self.hyper = HyperNetwork(dim, width, hidden)
         self.trace = trace
 
     def velocity_and_trace(self, t: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f, div, _ = self._evaluate(t, z, None)
+        return f, div
+
+    def velocity_trace_and_probe_vjp(self, t: torch.Tensor, z: torch.Tensor, probe: torch.Tensor
+                                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self._evaluate(t, z, probe)
+
+    def _evaluate(self, t: torch.Tensor, z: torch.Tensor, probe: torch.Tensor | None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """f, its divergence, and (given a probe ε) εᵀ df/dz = (1/M) Σ_m (ε·u_m) tanh'(·) w_m."""
         w, u, b = self.hyper(t)
         m = w.shape[0]
         h = torch.tanh(z @ w.T + b)  # (N, M)
         dh = 1 - h * h
         f = h @ u / m
+        vjp = None if probe is None else ((probe @ u.T) * dh) @ w / m
         if self.trace == "exact":
             div = dh @ (u * w).sum(-1) / m
         else:
@@ -100,21 +129,22 @@ class GatedHyperDynamics(FlowDynamics):
             if e is None:
                 raise RuntimeError("Hutchinson trace needs CNF to draw its noise before the solve")
             div = ((e @ u.T) * (e @ w.T) * dh).sum(-1) / m
-        return f, div
+        return f, div, vjp
 
 
 class CNF(nn.Module):
     """A CNF with a standard normal base at t = 0 and the data at t = ``t1``."""
 
-    def __init__(self, dynamics: FlowDynamics, t1: float, noise: str, solver: SolverSpec) -> None:
+    def __init__(self, dynamics: FlowDynamics, t1: float, noise: str, solver: SolverSpec,
+                 regularization: Regularization | None = None) -> None:
         super().__init__()
         if noise not in NOISES:
-            raise ValueError(f"model.noise={noise!r} is not supported; choose one of: {', '.join(NOISES)}")
+            raise ConfigError(f"model.noise={noise!r} is not supported; choose one of: {', '.join(NOISES)}")
         if t1 <= 0:
-            raise ValueError(f"model.t1 must be > 0 (got {t1})")
+            raise ConfigError(f"model.t1 must be > 0 (got {t1})")
         self.t1, self.noise_kind = float(t1), noise
         self.dynamics = dynamics
-        self.block = ODEBlock(dynamics, solver)
+        self.block = ODEBlock(dynamics, solver, regularization=regularization)
 
     def _prepare(self, z: torch.Tensor, reverse_from: float | None, exact: bool) -> str:
         """Set direction and Hutchinson noise for the next solve; returns the trace mode to restore."""
@@ -141,16 +171,19 @@ class CNF(nn.Module):
             self.dynamics.trace = previous
 
     def log_prob(self, x: torch.Tensor, t: float | None = None, exact: bool = False) -> torch.Tensor:
-        """log p_t(x) of the flow at time t (default t1): integrate x back to the base at t = 0."""
-        tau = self.t1 if t is None else float(t)
+        """log p_t(x) of the flow at time t (default t1): integrate x back to the base at t = 0.
+
+        In training with STEER the data sit at a drawn t1 instead (the base stays at t = 0)."""
+        tau = self.block.end_time(self.t1) if t is None else float(t)
         times = torch.tensor([0.0, tau], dtype=x.dtype, device=x.device)
         zs, deltas = self._solve(x, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device), times, tau, exact)
         return standard_normal_logprob(zs[-1]) - deltas[-1]
 
     def sample(self, z0: torch.Tensor, exact: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Push base points z0 to t1: returns (x, log q(x))."""
-        xs, logps = self.trajectory(z0, [1.0], exact=exact)
-        return xs[-1], logps[-1]
+        """Push base points z0 to t1 (in training with STEER, to a drawn t1): returns (x, log q(x))."""
+        times = torch.tensor([0.0, self.block.end_time(self.t1)], dtype=z0.dtype, device=z0.device)
+        zs, logps = self._solve(z0, standard_normal_logprob(z0), times, None, exact)
+        return zs[-1], logps[-1]
 
     def trajectory(self, z0: torch.Tensor, fractions: list[float], exact: bool = False
                    ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,7 +204,7 @@ class PlanarFlow(nn.Module):
     def __init__(self, dim: int, flows: int) -> None:
         super().__init__()
         if flows < 1:
-            raise ValueError(f"model.flows must be >= 1 (got {flows})")
+            raise ConfigError(f"model.flows must be >= 1 (got {flows})")
         self.dim = dim
         w = torch.randn(flows, dim) / math.sqrt(dim)
         # Start near the identity: with wᵀu = log(e - 1), m(wᵀu) = 0 so û is u's small part orthogonal to w and
@@ -209,12 +242,13 @@ class PlanarFlow(nn.Module):
         return standard_normal_logprob(z) + logdet
 
 
-def build_flow(model_cfg: Any, solver: SolverSpec, dim: int = 2) -> CNF | PlanarFlow:
+def build_flow(model_cfg: Any, solver: SolverSpec, dim: int = 2,
+               regularization: Regularization | None = None) -> CNF | PlanarFlow:
     """Build ``model=cnf`` or ``model=planar`` from its config group."""
     name = model_cfg.name
     if name == "cnf":
         dynamics = GatedHyperDynamics(dim, int(model_cfg.width), int(model_cfg.hyper_hidden), str(model_cfg.trace))
-        return CNF(dynamics, float(model_cfg.t1), str(model_cfg.get("noise", "rademacher")), solver)
+        return CNF(dynamics, float(model_cfg.t1), str(model_cfg.get("noise", "rademacher")), solver, regularization)
     if name == "planar":
         return PlanarFlow(dim, int(model_cfg.flows))
-    raise ValueError(f"the 2-D flow tasks need model=cnf or model=planar (got model={name})")
+    raise ConfigError(f"the 2-D flow tasks need model=cnf or model=planar (got model={name})")

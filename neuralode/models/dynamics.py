@@ -21,6 +21,7 @@ from torch import nn
 
 from neuralode.models.latent_ode import make_cell
 from neuralode.models.odeblock import ODEBlock, SolverSpec
+from neuralode.models.regularization import Regularization
 
 
 @dataclass
@@ -77,9 +78,9 @@ def gather_rows(ys: torch.Tensor, union: torch.Tensor, t: torch.Tensor) -> torch
 
 
 class NeuralODE(nn.Module):
-    def __init__(self, field: VectorField, solver: SolverSpec) -> None:
+    def __init__(self, field: VectorField, solver: SolverSpec, regularization: Regularization | None = None) -> None:
         super().__init__()
-        self.ode = ODEBlock(field, solver)
+        self.ode = ODEBlock(field, solver, regularization=regularization)
 
     def vector_field(self, y: torch.Tensor) -> torch.Tensor:
         return self.ode.func(None, y)

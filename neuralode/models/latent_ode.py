@@ -6,7 +6,9 @@ import math
 import torch
 from torch import nn
 
+from neuralode.errors import ConfigError
 from neuralode.models.odeblock import ODEBlock, SolverSpec
+from neuralode.models.regularization import Regularization
 
 
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -41,7 +43,7 @@ RNN_LAYERS: dict[str, type[nn.Module]] = {"gru": nn.GRU, "rnn": nn.RNN}
 def check_cell(kind: str) -> None:
     """``gru`` (gated; learns much faster here) or ``rnn`` (plain tanh, the reference's)."""
     if kind not in RNN_CELLS:
-        raise ValueError(f"model.cell={kind!r} is unknown; use one of: {', '.join(RNN_CELLS)}")
+        raise ConfigError(f"model.cell={kind!r} is unknown; use one of: {', '.join(RNN_CELLS)}")
 
 
 def make_cell(kind: str, inputs: int, hidden: int) -> nn.Module:
@@ -77,12 +79,12 @@ class LatentODE(nn.Module):
 
     def __init__(self, solver: SolverSpec, *, obs_dim: int = 2, latent_dim: int = 4, rec_hidden: int = 25,
                  ode_hidden: int = 20, dec_hidden: int = 20, obs_std: float = 0.3, time_unit: float = 1.0,
-                 cell: str = "gru") -> None:
+                 cell: str = "gru", regularization: Regularization | None = None) -> None:
         super().__init__()
         if obs_std <= 0:
-            raise ValueError(f"model.obs_std must be > 0, got {obs_std}")
+            raise ConfigError(f"model.obs_std must be > 0, got {obs_std}")
         self.encoder = RecognitionRNN(obs_dim, rec_hidden, latent_dim, cell)
-        self.ode = ODEBlock(LatentDynamics(latent_dim, ode_hidden), solver)
+        self.ode = ODEBlock(LatentDynamics(latent_dim, ode_hidden), solver, regularization=regularization)
         self.decoder = nn.Sequential(nn.Linear(latent_dim, dec_hidden), nn.ReLU(), nn.Linear(dec_hidden, obs_dim))
         self.obs_logvar = 2 * math.log(obs_std)
         self.time_unit = time_unit  # gaps enter the encoder in grid steps, so they are O(1) like its other inputs

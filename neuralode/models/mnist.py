@@ -12,9 +12,12 @@ import dataclasses
 import torch
 from torch import nn
 
+from neuralode.errors import ConfigError
 from neuralode.models.odeblock import ODEBlock, SolverSpec
+from neuralode.models.regularization import Regularization
 
 MODELS = ("odenet", "resnet", "rknet", "mlp")
+ODE_MODELS = ("odenet", "rknet")  # the models with an ODE block, over the span [0, 1]
 NUM_CLASSES = 10
 
 
@@ -84,8 +87,8 @@ def head(channels: int) -> nn.Sequential:
 
 
 def build_mnist_model(name: str, solver: SolverSpec, *, channels: int = 64, num_blocks: int = 6,
-                      hidden: int = 300) -> nn.Module:
-    """Build one of :data:`MODELS`; ``solver`` is used by ``odenet`` and ``rknet`` only.
+                      hidden: int = 300, regularization: Regularization | None = None) -> nn.Module:
+    """Build one of :data:`MODELS`; ``solver`` and ``regularization`` are used by ``odenet`` and ``rknet`` only.
 
     ``rknet`` always backpropagates through the solver's operations (``adjoint=False``), whatever
     ``solver.adjoint`` says: that is what distinguishes it from ``odenet`` in Table 1.
@@ -96,11 +99,12 @@ def build_mnist_model(name: str, solver: SolverSpec, *, channels: int = 64, num_
     if name == "resnet":
         middle: nn.Module = nn.Sequential(*(ResBlock(channels) for _ in range(num_blocks)))
     elif name == "odenet":
-        middle = ODEBlock(ConvODEFunc(channels), solver)
+        middle = ODEBlock(ConvODEFunc(channels), solver, regularization=regularization)
     elif name == "rknet":
-        middle = ODEBlock(ConvODEFunc(channels), dataclasses.replace(solver, adjoint=False))
+        middle = ODEBlock(ConvODEFunc(channels), dataclasses.replace(solver, adjoint=False),
+                          regularization=regularization)
     else:
-        raise ValueError(f"unknown MNIST model {name!r}; choose one of: {', '.join(MODELS)}")
+        raise ConfigError(f"unknown MNIST model {name!r}; choose one of: {', '.join(MODELS)}")
     return nn.Sequential(downsampling(channels), middle, head(channels))
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from neuralode.models.regularization import Regularization, RegularizedDynamics, rademacher_like
 from neuralode.solvers import SOLVERS, SolveStats, odeint, odeint_adjoint
 from neuralode.solvers.adjoint import inherited_options
 
@@ -87,28 +88,73 @@ class ODEBlock(nn.Module):
 
     Every solve records its NFE and step counts in ``self.stats``; the trainer reads and resets them
     through :func:`collect_solve_stats` and :func:`reset_solve_stats`.
+
+    ``regularization`` (neuralode/models/regularization.py) acts only while the block trains with gradients
+    recorded: the kinetic and Jacobian integrals of each solve are added into ``self.penalties`` (the mean over
+    the batch, unweighted), which the trainer takes after each step with :func:`take_penalties`; STEER draws the
+    end time of the block's own span (``t`` left out); a caller solving over its own span asks
+    :meth:`end_time` for it.
     """
 
-    def __init__(self, func: nn.Module, solver: SolverSpec, t: torch.Tensor | None = None) -> None:
+    def __init__(self, func: nn.Module, solver: SolverSpec, t: torch.Tensor | None = None,
+                 regularization: Regularization | None = None) -> None:
         super().__init__()
         self.func = func
         self.solver = solver
+        self.regularization = regularization or Regularization()
         self.register_buffer("default_t", torch.tensor([0.0, 1.0]) if t is None else t.clone(), persistent=False)
         self.stats = SolveStats()
+        self.penalties: dict[str, torch.Tensor] = {}
+
+    def regularizing(self) -> bool:
+        """Whether this call trains (module in training mode, gradients recorded) with a regulariser on."""
+        return self.regularization.active and self.training and torch.is_grad_enabled()
+
+    def end_time(self, nominal: float) -> float:
+        """STEER: a draw from U[T - b, T + b] (T = ``nominal``, b = ``regularization.steer``) while training, else
+        ``nominal``. The draw comes from torch's global RNG, which the trainer seeds and checkpoints, so a resumed
+        run draws the same end times."""
+        b = self.regularization.steer
+        if b <= 0 or not self.regularizing():
+            return nominal
+        return nominal + b * (2 * torch.rand(()).item() - 1)
 
     def forward(self, y0: Any, t: torch.Tensor | None = None, *, last_only: bool = True) -> Any:
+        own_span = t is None
         t = self.default_t if t is None else t
         t = t.to(device=_first_tensor(y0).device, dtype=_first_tensor(y0).dtype)
-        s = self.solver
-        if s.adjoint:
-            ys = odeint_adjoint(self.func, y0, t, rtol=s.rtol, atol=s.atol, method=s.method, options=s.options,
-                                adjoint_options=s.backward_options(), stats=self.stats)
+        if own_span and self.regularization.steer > 0 and self.regularizing():
+            t = torch.cat([t[:-1], t.new_tensor([self.end_time(float(t[-1]))])])
+        if self.regularizing() and self.regularization.integrals:
+            ys = self._solve_regularized(y0, t)
         else:
-            ys = odeint(self.func, y0, t, rtol=s.rtol, atol=s.atol, method=s.method, options=s.options,
-                        stats=self.stats)
+            ys = self._solve(self.func, y0, t, self.solver.options)
         if not last_only:
             return ys
         return tuple(y[-1] for y in ys) if isinstance(ys, tuple) else ys[-1]
+
+    def _solve(self, func: nn.Module, y0: Any, t: torch.Tensor, options: dict[str, Any]) -> Any:
+        s = self.solver
+        if s.adjoint:
+            return odeint_adjoint(func, y0, t, rtol=s.rtol, atol=s.atol, method=s.method, options=options,
+                                  adjoint_options=s.backward_options(), stats=self.stats)
+        return odeint(func, y0, t, rtol=s.rtol, atol=s.atol, method=s.method, options=options, stats=self.stats)
+
+    def _solve_regularized(self, y0: Any, t: torch.Tensor) -> Any:
+        """The solve with the integrals as one more part of the state; records their batch means."""
+        integrals = self.regularization.integrals
+        is_tuple = isinstance(y0, tuple)
+        z0 = _first_tensor(y0)
+        probe = rademacher_like(z0) if "jacobian" in integrals else None  # once per solve
+        dynamics = RegularizedDynamics(self.func, integrals, is_tuple, probe)
+        options = dict(self.solver.options)
+        if "norm" in SOLVERS[self.solver.method].valid_options:
+            options["norm"] = dynamics.state_norm
+        parts = y0 if is_tuple else (y0,)
+        ys = self._solve(dynamics, (*parts, z0.new_zeros(z0.shape[0], len(integrals))), t, options)
+        for name, value in zip(integrals, ys[-1][-1].mean(0)):
+            self.penalties[name] = self.penalties[name] + value if name in self.penalties else value
+        return tuple(ys[:-1]) if is_tuple else ys[0]
 
 
 def _first_tensor(y: Any) -> torch.Tensor:
@@ -130,3 +176,18 @@ def collect_solve_stats(model: nn.Module) -> SolveStats:
     for s in solve_stats_of(model):
         total.add(s)
     return total
+
+
+def take_penalties(model: nn.Module) -> tuple[torch.Tensor | None, dict[str, float]]:
+    """What the regularisers add to the loss since the last call, over the solves of every ODE block in ``model``:
+    the sum of ``regularize.<name>`` x value (None when no regulariser acted), and each one's value, unweighted,
+    as ``reg_<name>``. Empties the blocks' records."""
+    total: torch.Tensor | None = None
+    values: dict[str, float] = {}
+    for block in (m for m in model.modules() if isinstance(m, ODEBlock)):
+        for name, value in block.penalties.items():
+            weighted = getattr(block.regularization, name) * value
+            total = weighted if total is None else total + weighted
+            values[f"reg_{name}"] = values.get(f"reg_{name}", 0.0) + value.item()
+        block.penalties = {}
+    return total, values

@@ -12,6 +12,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from neuralode.models.latent_ode import LatentDynamics, kl_to_standard_normal
 from neuralode.models.odeblock import ODEBlock, SolverSpec
+from neuralode.models.regularization import Regularization
 
 
 class CompensatedDynamics(nn.Module):
@@ -56,13 +57,15 @@ class LatentODEPoisson(nn.Module):
     """q(z0) from the events, z(t) = ODESolve(f, z0, t), lambda(t) = softplus(MLP(z(t))); trained on the ELBO."""
 
     def __init__(self, solver: SolverSpec, *, t_end: float, latent_dim: int = 4, rec_hidden: int = 25,
-                 ode_hidden: int = 20, intensity_hidden: int = 20) -> None:
+                 ode_hidden: int = 20, intensity_hidden: int = 20, regularization: Regularization | None = None) -> None:
         super().__init__()
         self.t_end = t_end
         self.encoder = EventEncoder(rec_hidden, latent_dim)
         intensity = nn.Sequential(nn.Linear(latent_dim, intensity_hidden), nn.ELU(),
                                   nn.Linear(intensity_hidden, 1), nn.Softplus())
-        self.ode = ODEBlock(CompensatedDynamics(LatentDynamics(latent_dim, ode_hidden), intensity), solver)
+        # Regularisers act on z, the first part of the state, not on the compensator integrated along.
+        self.ode = ODEBlock(CompensatedDynamics(LatentDynamics(latent_dim, ode_hidden), intensity), solver,
+                            regularization=regularization)
 
     @property
     def intensity(self) -> nn.Module:

@@ -24,13 +24,14 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from neuralode.errors import CheckpointError, NeuralodeError
 from neuralode.models.odeblock import ODEBlock, collect_solve_stats, reset_solve_stats
 from neuralode.report.plan import FIG3_ACCURACY_TOLS, FIG3_TOLS_LONG
 from neuralode.utils.files import read_json, write_text_atomic
@@ -44,7 +45,7 @@ REFERENCE_FACTOR = 1e-2
 def ode_blocks(model: nn.Module) -> list[ODEBlock]:
     blocks = [m for m in model.modules() if isinstance(m, ODEBlock)]
     if not blocks:
-        raise ValueError("the model has no ODE block: Figure 3 needs an ODE-Net (model=odenet) checkpoint")
+        raise CheckpointError("the model has no ODE block: Figure 3 needs an ODE-Net (model=odenet) checkpoint")
     return blocks
 
 
@@ -175,56 +176,72 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tolerances: Sequ
     }
 
 
-@torch.no_grad()
-def _interleaved_forward_times(model: nn.Module, x: torch.Tensor, tolerances: Sequence[float],
-                               rounds: int) -> list[tuple[list[float], list[float]]]:
-    """Wall and process-CPU seconds of one forward pass per tolerance and round. Each round visits every
-    tolerance, alternating the order, so a change of load during the measurement falls on all tolerances
+def _interleaved(tolerances: Sequence[float], rounds: int, run: Callable[[int], None],
+                 device: torch.device) -> list[tuple[list[float], list[float]]]:
+    """Wall and process-CPU seconds of ``run(i)`` for each tolerance ``i`` and round. Each round visits every
+    tolerance, alternating the order, so that a change of load during the measurement falls on all tolerances
     alike instead of on the ones measured last."""
     times: list[tuple[list[float], list[float]]] = [([], []) for _ in tolerances]
     for r in range(max(1, rounds)):
         order = range(len(tolerances)) if r % 2 == 0 else reversed(range(len(tolerances)))
         for i in order:
-            set_tolerance(model, tolerances[i])
-            synchronize(x.device)
+            synchronize(device)
             t0, c0 = time.perf_counter(), time.process_time()
-            model(x)
-            synchronize(x.device)
+            run(i)
+            synchronize(device)
             times[i][0].append(time.perf_counter() - t0)
             times[i][1].append(time.process_time() - c0)
     return times
 
 
 @torch.no_grad()
+def _interleaved_forward_times(model: nn.Module, x: torch.Tensor, tolerances: Sequence[float],
+                               rounds: int) -> list[tuple[list[float], list[float]]]:
+    """Wall and process-CPU seconds of one forward pass per tolerance and round (see :func:`_interleaved`)."""
+    def forward(i: int) -> None:
+        set_tolerance(model, tolerances[i])
+        model(x)
+    return _interleaved(tolerances, rounds, forward, x.device)
+
+
+@torch.no_grad()
 def accuracy_by_tolerance(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                          tolerances: Sequence[float], batch_size: int = 1000,
-                          progress: bool = True) -> list[dict[str, float]]:
-    """Test accuracy, mean forward NFE per batch and wall time over ``images`` at each tolerance."""
+                          tolerances: Sequence[float], batch_size: int = 1000, progress: bool = True,
+                          rounds: int = 1) -> list[dict[str, float]]:
+    """Test accuracy, mean forward NFE per batch and time over ``images`` at each tolerance. The passes run in
+    ``rounds`` interleaved rounds (:func:`_interleaved`): the time is the median over the rounds, with its range
+    and the median process CPU time; accuracy and NFE, the same in every round, come from the first."""
     model.eval()
-    rows = []
-    for tol in tolerances:
-        set_tolerance(model, tol)
+    counted: list[dict[str, float]] = [{} for _ in tolerances]
+
+    def evaluate(i: int) -> None:
+        set_tolerance(model, tolerances[i])
         reset_solve_stats(model)
         correct, batches = 0, 0
-        synchronize(images.device)
-        t0 = time.perf_counter()
-        for i in range(0, len(images), batch_size):
-            correct += int((model(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum())
+        for start in range(0, len(images), batch_size):
+            correct += int((model(images[start:start + batch_size]).argmax(1) == labels[start:start + batch_size]).sum())
             batches += 1
-        synchronize(images.device)
-        rows.append({"tol": float(tol), "accuracy": correct / len(images),
-                     "nfe_forward": collect_solve_stats(model).nfe_forward / batches,
-                     "time_s": time.perf_counter() - t0})
+        if not counted[i]:
+            counted[i] = {"accuracy": correct / len(images), "nfe_forward": collect_solve_stats(model).nfe_forward / batches}
+
+    rows = []
+    for tol, found, (wall, cpu) in zip(tolerances, counted, _interleaved(tolerances, rounds, evaluate, images.device)):
+        rows.append({"tol": float(tol), **found, "time_s": statistics.median(wall), "time_min_s": min(wall),
+                     "time_max_s": max(wall), "cpu_s": statistics.median(cpu), "rounds": len(wall)})
         if progress:
             r = rows[-1]
             print(f"  figure3 accuracy tol={tol:.0e}: {r['accuracy']:.2%} on {len(images)} images, "
-                  f"NFE {r['nfe_forward']:.1f}, {r['time_s']:.1f} s", flush=True)
+                  f"NFE {r['nfe_forward']:.1f}, {r['time_s']:.1f} s ({r['time_min_s']:.1f}-{r['time_max_s']:.1f}) "
+                  f"over {r['rounds']} round(s)", flush=True)
     return rows
 
 
 ROW_KEYS = ("tol", "nfe_forward", "nfe_forward_train", "nfe_backward", "error_state", "error_logits",
             "forward_time_s", "accuracy")
 ACCURACY_KEYS = ("tol", "accuracy", "nfe_forward", "time_s")
+# Timings added later: optional (files measured before lack them), finite numbers where present.
+ROW_TIMING_KEYS = ("forward_time_min_s", "forward_time_max_s", "forward_cpu_s")
+ACCURACY_TIMING_KEYS = ("time_min_s", "time_max_s", "cpu_s", "rounds")
 
 
 def _numbers(record: Any, keys: Sequence[str]) -> bool:
@@ -233,18 +250,24 @@ def _numbers(record: Any, keys: Sequence[str]) -> bool:
         for k in keys)
 
 
+def _optional_numbers(record: dict[str, Any], keys: Sequence[str]) -> bool:
+    return _numbers(record, [k for k in keys if k in record])
+
+
 def read_measurements(path: Path) -> dict[str, Any] | None:
     """The measurements :func:`main` saved at ``path``; None if missing, or damaged or crafted (a field the
     report prints is absent or not a finite number), so the report blanks Figure 3 instead of failing."""
     data = read_json(path)
     if not (_numbers(data, ("batch_size", "reference_tol")) and isinstance(data.get("rows"), list)
-            and all(_numbers(r, ROW_KEYS) for r in data["rows"])):
+            and all(_numbers(r, ROW_KEYS) and _optional_numbers(r, ROW_TIMING_KEYS) for r in data["rows"])
+            and _optional_numbers(data, ("timing_rounds",))):
         return None
     ratio = data.get("backward_over_forward")
     if ratio is not None and not _numbers(ratio, ("median", "min", "max")):
         return None
     accuracy = data.get("accuracy_by_tolerance") or []
-    if not isinstance(accuracy, list) or not all(_numbers(r, ACCURACY_KEYS) for r in accuracy):
+    if not isinstance(accuracy, list) or not all(
+            _numbers(r, ACCURACY_KEYS) and _optional_numbers(r, ACCURACY_TIMING_KEYS) for r in accuracy):
         return None
     if accuracy and not _numbers(data, ("accuracy_images",)):
         return None
@@ -276,14 +299,24 @@ def observations(data: dict[str, Any] | None, nfe_over_epochs: tuple[Sequence[fl
         lo, hi = min(rows, key=lambda r: r["nfe_forward"]), max(rows, key=lambda r: r["nfe_forward"])
         out.append(f"(a) From {lo['nfe_forward']:.0f} to {hi['nfe_forward']:.0f} forward NFE the error of h(1) went "
                    f"from {lo['error_state']:.1e} to {hi['error_state']:.1e}.")
-        out.append(_timing_observation(lo, hi, data.get("timing_rounds", 1)))
+        out.append(_timing_observation(rows, data.get("timing_rounds", 1)))
     acc = (data or {}).get("accuracy_by_tolerance") or []
     if len(acc) >= 2:
         loose, tight = acc[0], acc[-1]
+        timed = [_Timed(r["tol"], r["nfe_forward"], r["time_s"], r.get("time_min_s"), r.get("time_max_s"))
+                 for r in acc]
+        rounds = min(int(r.get("rounds", 1)) for r in acc)
+
+        def seconds(row: dict[str, Any]) -> str:
+            spread = f" (range {row['time_min_s']:.1f}-{row['time_max_s']:.1f})" if rounds > 1 else ""
+            cpu = f", CPU {row['cpu_s']:.1f} s" if "cpu_s" in row else ""
+            return f"{row['time_s']:.1f} s{spread}{cpu}"
+
         out.append(f"Test-time trade-off: from tolerance {tight['tol']:.0e} to {loose['tol']:.0e} the forward NFE per "
-                   f"batch fell from {tight['nfe_forward']:.0f} to {loose['nfe_forward']:.0f} and the time over "
-                   f"{data['accuracy_images']} test images from {tight['time_s']:.1f} s to {loose['time_s']:.1f} s, "
-                   f"while the test accuracy went from {tight['accuracy']:.2%} to {loose['accuracy']:.2%}.")
+                   f"batch fell from {tight['nfe_forward']:.0f} to {loose['nfe_forward']:.0f} and the median time over "
+                   f"{data['accuracy_images']} test images ({rounds} interleaved round(s)) went from {seconds(tight)} "
+                   f"to {seconds(loose)}, while the test accuracy went from {tight['accuracy']:.2%} to "
+                   f"{loose['accuracy']:.2%}." + _spread_verdict(timed, rounds, "time"))
     _, nfe = nfe_over_epochs
     if len(nfe) >= 2:
         trend = "rose" if nfe[-1] > nfe[0] else "fell" if nfe[-1] < nfe[0] else "stayed"
@@ -295,21 +328,49 @@ def observations(data: dict[str, Any] | None, nfe_over_epochs: tuple[Sequence[fl
     return out
 
 
-def _timing_observation(lo: dict[str, Any], hi: dict[str, Any], rounds: int) -> str:
+@dataclasses.dataclass(frozen=True)
+class _Timed:
+    """One tolerance's timing: median over the rounds and its range (None: not recorded)."""
+
+    tol: float
+    nfe: float
+    median: float
+    low: float | None
+    high: float | None
+
+
+def _spread_verdict(points: Sequence[_Timed], rounds: int, what: str) -> str:
+    """What the timings support, as a sentence to append: no trend where the spread is unknown or larger than the
+    change from the fewest to the most NFE; where the change is real, whether it is monotone in NFE (a tolerance
+    with fewer NFE slower than one with more, beyond both ranges, is named)."""
+    if rounds < 2 or any(p.low is None or p.high is None for p in points):
+        return " One timing per tolerance: its spread is unknown, so no trend is drawn from it."
+    lo, hi = min(points, key=lambda p: p.nfe), max(points, key=lambda p: p.nfe)
+    if lo.high >= hi.low and hi.high >= lo.low:
+        return " The ranges overlap: the spread is larger than the effect, so no trend is drawn."
+    for fewer in points:
+        for more in points:
+            if fewer.nfe < more.nfe and fewer.low > more.high:
+                return (f" Not monotone: at tol {fewer.tol:.0e} ({fewer.nfe:.0f} NFE) the {what} was longer than at "
+                        f"tol {more.tol:.0e} ({more.nfe:.0f} NFE) beyond both ranges, so only the end-to-end change "
+                        "stands.")
+    return (" The change is larger than the spread, and monotone within it: no tolerance with fewer NFE took longer "
+            "than one with more beyond both ranges.")
+
+
+def _timing_observation(rows: Sequence[dict[str, Any]], rounds: int) -> str:
     """Panel (b) in words: the trend only where the timings' spread over the rounds is smaller than it."""
+    lo, hi = min(rows, key=lambda r: r["nfe_forward"]), max(rows, key=lambda r: r["nfe_forward"])
+
     def ms(row: dict[str, Any]) -> str:
         low, high = row.get("forward_time_min_s"), row.get("forward_time_max_s")
         spread = f" (range {low * 1e3:.0f}-{high * 1e3:.0f})" if low is not None and rounds > 1 else ""
         return f"{row['forward_time_s'] * 1e3:.0f} ms{spread}"
 
-    text = (f"(b) Median forward time over {rounds} interleaved round(s) went from {ms(lo)} to {ms(hi)} over the "
-            "same range.")
-    if rounds < 2 or "forward_time_min_s" not in lo:
-        return text + " One timing per tolerance: its spread is unknown, so no trend is drawn from it."
-    overlap = lo["forward_time_max_s"] >= hi["forward_time_min_s"] and hi["forward_time_max_s"] >= lo["forward_time_min_s"]
-    if overlap:
-        return text + " The ranges overlap: the spread is larger than the effect, so no trend is drawn."
-    return text
+    timed = [_Timed(r["tol"], r["nfe_forward"], r["forward_time_s"], r.get("forward_time_min_s"),
+                    r.get("forward_time_max_s")) for r in rows]
+    return (f"(b) Median forward time over {rounds} interleaved round(s) went from {ms(lo)} to {ms(hi)} over the "
+            "same range." + _spread_verdict(timed, rounds, "forward time"))
 
 
 def plot(data: dict[str, Any] | None, nfe_over_epochs: tuple[Sequence[float], Sequence[float]], out_png: Path,
@@ -400,7 +461,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tolerances", type=float, nargs="+", default=list(FIG3_TOLS_LONG))
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3, help="timing rounds, each timing one forward pass per "
-                        "tolerance, interleaved (median and range over the rounds)")
+                        "tolerance (and one pass of the accuracy table over its images), interleaved (median and "
+                        "range over the rounds)")
     parser.add_argument("--accuracy-tolerances", type=float, nargs="*", default=list(FIG3_ACCURACY_TOLS),
                         help="tolerances of the accuracy table (none: skip it)")
     parser.add_argument("--accuracy-images", type=int, help="test images of the accuracy table (default: all)")
@@ -425,7 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         model, images, labels, info = load_odenet(args.checkpoint, None, args.device,
                                                   {"root": args.data_root} if args.data_root else None)
-    except ValueError as e:  # CheckpointError, DataError, ConfigError are all ValueErrors with one clear line
+    except NeuralodeError as e:  # a checkpoint, data or config error: one clear line
         print(f"error: {e}", file=sys.stderr)
         return 2
     x, y = images[:args.batch_size], labels[:args.batch_size]
@@ -436,8 +498,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         data.update(method=solver["method"], method_options=solver["options"], solver=args.solver)
     n_acc = args.accuracy_images or len(images)
     data["accuracy_images"] = n_acc
+    load_before = os.getloadavg()[0]
     data["accuracy_by_tolerance"] = accuracy_by_tolerance(model, images[:n_acc], labels[:n_acc],
-                                                          args.accuracy_tolerances)
+                                                          args.accuracy_tolerances, rounds=args.repeats)
+    data["accuracy_load_average_1min"] = {"before": load_before, "after": os.getloadavg()[0], "cpus": os.cpu_count()}
     run_dir = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent.parent
     out = args.out or run_dir / "figure3.json"
     write_text_atomic(out, json.dumps(data, indent=1))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+from neuralode.errors import ConfigError
 from neuralode.report import paper
 
 PROFILES = ("smoke", "quick", "full")
@@ -94,7 +95,7 @@ SPECS: dict[str, ProfileSpec] = {
 
 def check_profile(profile: str) -> ProfileSpec:
     if profile not in SPECS:
-        raise ValueError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
+        raise ConfigError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
     return SPECS[profile]
 
 

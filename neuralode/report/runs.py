@@ -13,12 +13,13 @@ from typing import Any
 
 import yaml
 
+from neuralode.errors import NeuralodeError
 from neuralode.utils.files import read_jsonl
 
 METRICS_FILE = "metrics.jsonl"
 
 
-class MetricsError(ValueError):
+class MetricsError(NeuralodeError, ValueError):
     """``metrics.jsonl`` holds something other than one record per epoch 1..n: the run's cells are blanked."""
 
 

@@ -182,13 +182,15 @@ def write_report(profile: str, plan: list[Run], runs_dir: Path, report_dir: Path
                 f"{f3.get('method', 'dopri5')} at rtol = atol = tol; error = relative L2 error of the ODE block's "
                 f"output h(1) (and of the logits) against a float64 solve at tol {f3['reference_tol']:.0e}; "
                 "time = median forward pass; backward NFE from one forward+backward (adjoint) pass at the same tolerance.", "",
-                _figure3_table(f3), "", _load_line(f3), "",
+                _figure3_table(f3), "", _load_line(f3.get("load_average_1min"), f3.get("timing_rounds", 1)), "",
                 f"**Backward vs forward NFE:** {figure3.verdict(f3)}", ""]
         if f3.get("accuracy_by_tolerance"):
             out += [f"Test accuracy against the test-time tolerance ({f3.get('method', 'dopri5')}, the first "
                     f"{f3['accuracy_images']} test images in batches of 1000; the model was trained at the task's "
                     "default tolerance):", "",
-                    _accuracy_table(f3["accuracy_by_tolerance"]), ""]
+                    _accuracy_table(f3["accuracy_by_tolerance"]), "",
+                    _load_line(f3.get("accuracy_load_average_1min"), f3["accuracy_by_tolerance"][0].get("rounds", 1),
+                               "one pass over the images"), ""]
         out += [" ".join(figure3.observations(f3, nfe_epochs)), ""]
         if f3_paper:
             out += [f"**Panel (c) with the paper's solver family:** `solver={f3_paper.get('solver')}` "
@@ -357,19 +359,28 @@ def _figure3_table(f3: dict[str, Any]) -> str:
                                   "fwd time ms: median (range), CPU", "batch acc"], rows)
 
 
-def _load_line(f3: dict[str, Any]) -> str:
-    load = f3.get("load_average_1min")
+def _load_line(load: Any, rounds: Any, what: str = "one forward pass") -> str:
     if not isinstance(load, dict) or not all(isinstance(load.get(k), (int, float)) for k in ("before", "after", "cpus")):
         return "Load average not recorded (measured before it was)."
-    return (f"Timing: {f3.get('timing_rounds', 1)} round(s), each timing one forward pass per tolerance in "
-            f"alternating order; 1-minute load average {load['before']:.2f} before and {load['after']:.2f} after, "
-            f"on {load['cpus']} CPUs. CPU is this process's CPU time (all its threads).")
+    return (f"Timing: {rounds} round(s), each timing {what} per tolerance in alternating order; 1-minute load "
+            f"average {load['before']:.2f} before and {load['after']:.2f} after, on {load['cpus']} CPUs. CPU is this "
+            "process's CPU time (all its threads).")
 
 
 def _accuracy_table(rows: list[dict[str, float]]) -> str:
-    return tables.markdown_table(["tol", "test accuracy", "NFE fwd per batch", "time s"],
+    return tables.markdown_table(["tol", "test accuracy", "NFE fwd per batch", "time s: median (range), CPU"],
                                  [[f"{r['tol']:.0e}", f"{r['accuracy'] * 100:.2f}%", f"{r['nfe_forward']:.1f}",
-                                   f"{r['time_s']:.1f}"] for r in rows])
+                                   _time_s(r)] for r in rows])
+
+
+def _time_s(row: dict[str, Any]) -> str:
+    """The accuracy pass's median time, with its range over the rounds and its process CPU time when measured."""
+    text = f"{row['time_s']:.1f}"
+    if row.get("rounds", 1) > 1 and isinstance(row.get("time_min_s"), float) and isinstance(row.get("time_max_s"), float):
+        text += f" ({row['time_min_s']:.1f}-{row['time_max_s']:.1f})"
+    if isinstance(row.get("cpu_s"), float):
+        text += f", CPU {row['cpu_s']:.1f}"
+    return text
 
 
 def _fig7_table(f7: dict[str, RunGroup]) -> str:

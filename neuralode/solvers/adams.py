@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any
 
 import torch
 
-from neuralode.solvers.common import Counter, Dynamics, StepCallbacks, nudged
-from neuralode.solvers.grid import grid_outputs, march, step_grid, step_until_event
-from neuralode.solvers.method import Method
-from neuralode.solvers.norms import Norm, Tolerance
+from neuralode.solvers.common import Dynamics, nudged, warn_caller
+from neuralode.solvers.grid import GRID_OPTIONS, FixedGridMethod, Grid, GridStepper
+from neuralode.solvers.problem import Problem
 from neuralode.solvers.rk import stage_derivatives
 from neuralode.solvers.tableaus import TABLEAUS
 
@@ -74,20 +72,15 @@ def _is_integer(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and int(value) == value
 
 
-class Adams(Method):
+class Adams(FixedGridMethod):
     """``explicit_adams`` (``implicit=False``) or ``implicit_adams`` on a fixed grid; the grid options
     (``step_size``, ``grid_constructor``, ``interp``, ``perturb``) mean what they mean for the fixed-step
     Runge-Kutta methods."""
 
-    valid_callbacks = frozenset({"callback_step"})
-    supports_events = True
-
-    # The grid is built exactly as for the fixed-step Runge-Kutta methods (the method never reads self).
     def __init__(self, name: str, implicit: bool) -> None:
         self.name = name
         self.implicit = implicit
-        self.valid_options = ("step_size", "grid_constructor", "interp", "perturb", "max_order") + (
-            ("max_iters",) if implicit else ())
+        self.valid_options = GRID_OPTIONS + ("max_order",) + (("max_iters",) if implicit else ())
 
     def check_options(self, options: Mapping[str, Any]) -> tuple[int, int]:
         """``(max_order, max_iters)`` from ``options``, checked."""
@@ -96,56 +89,39 @@ class Adams(Method):
             raise ValueError(f"options['max_order'] of method {self.name!r} must be an integer in [1, {MAX_ORDER}], "
                              f"got {max_order!r}")
         if max_order < MIN_ORDER:
-            warnings.warn(f"options['max_order']={max_order} is below {MIN_ORDER}: method {self.name!r} takes only "
-                          "RK4 steps", stacklevel=7)
+            warn_caller(f"options['max_order']={max_order} is below {MIN_ORDER}: method {self.name!r} takes only "
+                        "RK4 steps")
         max_iters = options.get("max_iters", DEFAULT_MAX_ITERS)
         if not _is_integer(max_iters) or max_iters < 1:
             raise ValueError(f"options['max_iters'] of method {self.name!r} must be a positive integer, got "
                              f"{max_iters!r}")
         return int(max_order), int(max_iters)
 
-    def solve(self, f: Dynamics, y0: torch.Tensor, t: torch.Tensor, t_host: list[float] | None, *,
-              rtol: Tolerance, atol: Tolerance, norm: Norm, options: Mapping[str, Any], counter: Counter,
-              time_sign: float = 1.0, callbacks: StepCallbacks | None = None) -> torch.Tensor:
-        if self.implicit and t_host is None:
+    def stepper(self, prob: Problem, f: Dynamics, y0: torch.Tensor, grid: Grid) -> GridStepper:
+        if self.implicit and prob.t_host is None:
             raise ValueError(f"method {self.name!r} reads its corrector's convergence on the host, so it cannot run "
                              "inside CUDA-graph capture; use explicit_adams there")
-        direction = 1.0 if t_host is None or t_host[-1] >= t_host[0] else -1.0
-        stepper = _Stepper(self, f, y0, options, rtol, atol, direction, warn_depth=8)
-        grid, grid_host = step_grid(f, y0, t, t_host, options)
-        interp = options.get("interp", "linear")
-        states, slopes = march(lambda k, y: stepper.step(grid[k], grid[k + 1], y), grid, y0, direction, callbacks,
-                               counter, keep_slopes=interp == "cubic")
-        return grid_outputs(f, t, t_host, grid, grid_host, states, slopes, interp)
-
-    def solve_until_event(self, f: Dynamics, y0: torch.Tensor, t: torch.Tensor, t_host: list[float], *,
-                          rtol: Tolerance, atol: Tolerance, norm: Norm, options: Mapping[str, Any], counter: Counter,
-                          event: Any, time_sign: float = 1.0, callbacks: StepCallbacks | None = None) -> None:
-        """Fixed steps of ``options['step_size']`` until ``event`` changes sign (see :func:`step_until_event`)."""
-        direction = 1.0 if t_host[-1] >= t_host[0] else -1.0
-        stepper = _Stepper(self, f, y0, options, rtol, atol, direction, warn_depth=6)
-        step_until_event(stepper.step, f, y0, t, t_host, name=self.name, atol=atol, options=options,
-                         counter=counter, event=event, time_sign=time_sign, callbacks=callbacks)
+        return _AdamsStepper(self, f, y0, prob, grid)
 
 
-class _Stepper:
+class _AdamsStepper(GridStepper):
     """One solve's Adams steps: the slope history (newest first) and the coefficients on the state's device."""
 
-    def __init__(self, method: Adams, f: Dynamics, y0: torch.Tensor, options: Mapping[str, Any], rtol: Tolerance,
-                 atol: Tolerance, direction: float, warn_depth: int) -> None:
-        self.max_order, self.max_iters = method.check_options(options)
-        self.name, self.implicit, self.f, self.rtol, self.atol = method.name, method.implicit, f, rtol, atol
+    def __init__(self, method: Adams, f: Dynamics, y0: torch.Tensor, prob: Problem, grid: Grid) -> None:
+        self.max_order, self.max_iters = method.check_options(prob.options)
+        self.name, self.implicit, self.f, self.rtol, self.atol = method.name, method.implicit, f, prob.rtol, prob.atol
+        self.times = grid.times
         self.bashforth, self.moulton = _coefficient_tensors(y0.dtype, str(y0.device))
         self.rk4 = TABLEAUS["rk4"].tensors(y0.dtype, y0.device)
         # torchdiffeq's perturb: slopes at a step's start are taken just after it, those at its end just before.
-        perturb = bool(options.get("perturb", False))
+        perturb, direction = bool(prob.options.get("perturb", False)), grid.direction
         self.at_start = (lambda s: nudged(s, direction)) if perturb else (lambda s: s)
         self.at_end = (lambda s: nudged(s, -direction)) if perturb else (lambda s: s)
         self.history: list[torch.Tensor] = []
-        self.warn_depth = warn_depth  # frames from a step up to the caller of odeint, where warnings point
 
-    def step(self, t0: torch.Tensor, t1: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The state at ``t1`` from ``y`` at ``t0``, and the slope ``f(t0, y)``."""
+    def __call__(self, k: int, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The state at ``times[k + 1]`` from ``y`` at ``times[k]``, and the slope ``f(times[k], y)``."""
+        t0, t1 = self.times[k], self.times[k + 1]
         dt = t1 - t0
         f0 = self.f(self.at_start(t0), y)
         self.history = ([f0] + self.history)[:max(self.max_order - 1, 1)]
@@ -160,9 +136,9 @@ class _Stepper:
             moulton = self.moulton[order + 1]
             dy, converged = self._correct(self.at_end(t1), y, dy, dt * (moulton[1:] @ past), dt * moulton[0])
             if not converged:
-                warnings.warn(f"method {self.name!r}: the corrector did not converge in max_iters={self.max_iters} "
-                              "iterations; the result may be inaccurate (raise options['max_iters'] or take smaller "
-                              "steps)", stacklevel=self.warn_depth)
+                warn_caller(f"method {self.name!r}: the corrector did not converge in max_iters={self.max_iters} "
+                            "iterations; the result may be inaccurate (raise options['max_iters'] or take smaller "
+                            "steps)")
                 self.history.pop()
         return y + dy, f0
 

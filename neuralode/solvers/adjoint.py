@@ -19,22 +19,21 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from neuralode.solvers.common import Counter
-from neuralode.solvers.events import integrate_until_event
-from neuralode.solvers.norms import MixedNorm, Norm, PairModulus
-from neuralode.solvers.problem import (
+from neuralode.solvers.arguments import (
     CALLBACK_NAMES,
-    Problem,
-    State,
     ToleranceArg,
-    UserNorm,
+    build_problem,
     check_tolerance,
     counted,
-    integrate,
     step_callbacks,
     supported_callbacks,
 )
+from neuralode.solvers.common import Counter
+from neuralode.solvers.norms import MixedNorm, Norm, PairModulus
+from neuralode.solvers.problem import Problem
+from neuralode.solvers.registry import resolve_method
 from neuralode.solvers.stats import SolveStats
+from neuralode.solvers.structure import State, UserNorm
 
 
 class _Adjoint:
@@ -138,10 +137,10 @@ class _AdjointFunction(torch.autograd.Function):
         with torch.no_grad():
             f = counted(spec.func, prob.structure, counter)
             if spec.event_fn is None:
-                ys = prob.solve(f, y0, counter, t=t, callbacks=spec.callbacks)
+                ys = prob.replace(t=t).solve(f, y0, counter, spec.callbacks)
             else:
                 # Backward then runs over [t0, event_t], the event time held fixed (as torchdiffeq).
-                spec.event_t, ys = integrate_until_event(prob, f, spec.event_fn, y0, counter, spec.callbacks)
+                spec.event_t, ys = prob.solve_until_event(f, spec.event_fn, y0, counter, spec.callbacks)
                 t = torch.stack([t[0], spec.event_t.to(t.dtype)])
                 ctx.t_host = [prob.t_host[0], float(spec.event_t)]
         if spec.stats is not None:
@@ -198,8 +197,8 @@ class _AdjointFunction(torch.autograd.Function):
                 z = torch.cat([ys[i], a, a_params])
                 pair = torch.stack([t[i], t[i - 1]]).to(bwd.t.dtype)  # the backward method's time dtype
                 options = {**bwd.options, "first_step": first_step} if carry and first_step else bwd.options
-                z = integrate(bwd.solver, augmented, z, pair, [t_host[i], t_host[i - 1]], bwd.rtol, bwd.atol,
-                              options, spec.norm, counter, spec.adjoint_callbacks, land=True)[-1]
+                interval = bwd.replace(t=pair, t_host=[t_host[i], t_host[i - 1]], options=options, norm=spec.norm)
+                z = interval.solve(augmented, z, counter, spec.adjoint_callbacks, land=True)[-1]
                 first_step = counter.next_step
                 a = z[n:2 * n] + grad_ys[i - 1]
                 a_params = z[2 * n:]
@@ -240,19 +239,8 @@ def odeint_adjoint(func: Callable[[torch.Tensor, State], State], y0: State, t: t
     during the backward solve with that tuple as the state. ``event_fn``: as in ``odeint``; gradients then flow
     over ``[t0, event_t]`` with the event time held fixed (``odeint_event`` adds its dependence).
     """
-    if adjoint_params is None:
-        if not isinstance(func, nn.Module):
-            raise ValueError("odeint_adjoint: func is not an nn.Module, so its parameters are unknown; pass "
-                             "adjoint_params=(...) (an empty tuple if there are none)")
-        adjoint_params = module_parameters(func)
-    adjoint_params = tuple(adjoint_params)  # may be a generator
-    for i, p in enumerate(adjoint_params):
-        if not torch.is_tensor(p):
-            raise TypeError(f"adjoint_params must hold tensors, got {type(p).__name__} at index {i}")
-    # Unlike torchdiffeq, a tensor given twice is integrated once: its gradient is then that of direct backprop
-    # (torchdiffeq returns it once per occurrence, so autograd adds it up twice).
-    params = tuple({id(p): p for p in adjoint_params if p.requires_grad}.values())
-    fwd = Problem.build(y0, t, rtol, atol, method, options)
+    params, all_given = _integrated_params(func, adjoint_params)
+    fwd = build_problem(y0, t, rtol, atol, resolve_method(method), options)
     # The backward state [y, dL/dy, dL/dparams] is not shaped like y0: its tolerances are numbers.
     for name, adjoint_tol, tol in (("rtol", adjoint_rtol, fwd.rtol), ("atol", adjoint_atol, fwd.atol)):
         if adjoint_tol is None and torch.is_tensor(tol):
@@ -272,15 +260,34 @@ def odeint_adjoint(func: Callable[[torch.Tensor, State], State], y0: State, t: t
     if adj_norm not in (None, "seminorm") and not callable(adj_norm):
         raise ValueError(f"adjoint_options['norm'] must be 'seminorm' or a callable on the tuple (t, *y, *dL/dy, "
                          f"*dL/dparams), got {adj_norm!r}")
-    if callable(adj_norm) and len(params) < len(adjoint_params):
+    if callable(adj_norm) and not all_given:
         warnings.warn("odeint_adjoint: adjoint_params that do not require grad (or repeat) are left out of the backward "
                       "solve, so the adjoint norm does not see them", stacklevel=2)
-    bwd = Problem.build(y0, fwd.t, rtol if adjoint_rtol is None else adjoint_rtol,
-                        atol if adjoint_atol is None else adjoint_atol, adj_method, adjoint_options,
-                        what="adjoint_", like=fwd)
+    bwd = build_problem(y0, fwd.t, rtol if adjoint_rtol is None else adjoint_rtol,
+                        atol if adjoint_atol is None else adjoint_atol, resolve_method(adj_method, "adjoint_method"),
+                        adjoint_options, what="adjoint_", like=fwd)
     spec = _Adjoint(func, fwd, bwd, adj_norm == "seminorm", adj_norm if callable(adj_norm) else None, params, stats,
                     event_fn)
     ys = _AdjointFunction.apply(spec, fwd.structure.flatten(y0, what="y0"), fwd.t, *params)
     if event_fn is None:
         return fwd.structure.unflatten(ys)
     return spec.event_t.to(t.dtype), fwd.structure.unflatten(ys)
+
+
+def _integrated_params(func: Callable, adjoint_params: Iterable[torch.Tensor] | None
+                       ) -> tuple[tuple[torch.Tensor, ...], bool]:
+    """The tensors whose adjoints the backward solve integrates (``adjoint_params``, default ``func``'s parameters),
+    and whether that is every one given."""
+    if adjoint_params is None:
+        if not isinstance(func, nn.Module):
+            raise ValueError("odeint_adjoint: func is not an nn.Module, so its parameters are unknown; pass "
+                             "adjoint_params=(...) (an empty tuple if there are none)")
+        adjoint_params = module_parameters(func)
+    adjoint_params = tuple(adjoint_params)  # may be a generator
+    for i, p in enumerate(adjoint_params):
+        if not torch.is_tensor(p):
+            raise TypeError(f"adjoint_params must hold tensors, got {type(p).__name__} at index {i}")
+    # Unlike torchdiffeq, a tensor given twice is integrated once: its gradient is then that of direct backprop
+    # (torchdiffeq returns it once per occurrence, so autograd adds it up twice).
+    params = tuple({id(p): p for p in adjoint_params if p.requires_grad}.values())
+    return params, len(params) == len(adjoint_params)

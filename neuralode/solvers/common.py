@@ -1,10 +1,14 @@
 """Types and small helpers every solver family shares: the flat dynamics, work counters, the user's step
-hooks, the step budget, torchdiffeq's ``perturb`` nudge and cubic Hermite interpolation."""
+hooks, the step budget, torchdiffeq's ``perturb`` nudge, cubic Hermite interpolation and warnings that point at
+the caller."""
 from __future__ import annotations
 
 import math
+import sys
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -86,3 +90,16 @@ class StepBudget:
         raise MaxNumStepsError(f"{option}={cap} exceeded ({what}): {self.where()}; loosen rtol/atol, raise "
                                f"options[{option!r}], or use a fixed-step method (e.g. method='rk4', "
                                "options=dict(step_size=...))", option=option)
+
+
+# Frames of these packages lie between a solver's warning and the user's call (torch's: the adjoint's autograd).
+_INTERNAL_DIRS = tuple(str(Path(module.__file__).parent) for module in (sys.modules[__name__], torch))
+
+
+def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
+    """Warn with the location of the first caller outside the solvers (and torch), however deep the solver's
+    call chain: the line of the user's ``odeint`` call, or of the code that called it."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL_DIRS):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level + 1)

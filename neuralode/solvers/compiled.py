@@ -189,10 +189,11 @@ def takes(method_name: str, options: Mapping[str, Any], callbacks: StepCallbacks
 
 
 def solve(method: Any, f: Dynamics, y0: torch.Tensor, t: torch.Tensor, t_host: list[float], *, rtol: Tolerance,
-          atol: Tolerance, norm: Norm, options: Mapping[str, Any], counter: Counter, time_sign: float = 1.0,
-          land: bool = False) -> torch.Tensor:
+          atol: Tolerance, norm: Norm, options: Mapping[str, Any], counter: Counter, dense: Any,
+          time_sign: float = 1.0, land: bool = False) -> torch.Tensor:
     """The adaptive solve of ``method`` (an :class:`~neuralode.solvers.rk.AdaptiveRK`) with compiled steps: the
-    eager loop's rules for where each step ends and for the outputs, so that both take the same steps."""
+    eager loop's rules for where each step ends and for the outputs, so that both take the same steps.
+    ``dense``: the method's eager stepper, whose dense output gives the states at output times inside a step."""
     tab = method.tableau
     co = tab.tensors(y0.dtype, y0.device)
     n_out = len(t_host)
@@ -262,10 +263,8 @@ def solve(method: Any, f: Dynamics, y0: torch.Tensor, t: torch.Tensor, t_host: l
             j += 1
         if j > next_out:
             budget.output_reached()
-            t_out, t_ref = t[next_out:j], tn
-            if t.dtype != y0.dtype:  # outputs relative to the step's start, in the state's dtype
-                t_out, t_ref = state_time(t_out - tn), 0.0
-            blocks.append(method._interpolate(co, t_out, t_ref, state_time(h_dev), y, y1, f0, f1, torch.stack(stages)))
+            taken = dense.step_type(y1, None, None, y, f0, torch.stack(stages), state_time(h_dev))
+            blocks.append(dense.interpolate(taken, f1, t[next_out:j], tn))
         if reached:
             blocks.append(y1[None])
             j = n_out

@@ -1,24 +1,43 @@
-"""Step-size control: Hairer's automatic first step and two controllers, chosen by ``options['controller']``.
+"""Step-size control: Hairer's automatic first step, two controllers chosen by ``options['controller']``, and
+the clipping to ``step_t``/``jump_t`` and the last output time that wraps either.
 
 - ``integral`` (the default): torchdiffeq's rule, so that a drop-in call takes torchdiffeq's steps.
 - ``pi``: a PI controller that lands on the last output; fewer evaluations on the neural ODEs measured in
   docs/benchmarks.md, which is why the training runner selects it.
 
 A controller works on host floats: the solver fetches the error ratio of each attempted step from
-the device once (that single sync decides accept/reject anyway), and the next step size follows from
-it without touching the device again.
+the device once (that single sync decides accept/reject anyway), and the decision (accept or reject, the next
+step size, a status) follows from it without touching the device again.
 """
 from __future__ import annotations
 
+import enum
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import torch
 
 from neuralode.solvers.norms import Norm, Tolerance, error_scale
+
+# Consecutive rejections for non-finite values before giving up (dfactor**40 is far below any useful h).
+MAX_NONFINITE_REJECTS = 40
+
+
+class Status(enum.Enum):
+    """How the solve stands after a decision."""
+
+    OK = "ok"
+    # The dynamics stayed non-finite while the step shrank by dfactor**MAX_NONFINITE_REJECTS.
+    NONFINITE = "non-finite"
+
+
+class Decision(NamedTuple):
+    accept: bool
+    next_step: float
+    status: Status
 
 
 @dataclass
@@ -34,6 +53,7 @@ class StepController(ABC):
     dfactor: float = 0.2
     min_step: float = 0.0
     max_step: float = math.inf
+    nonfinite_rejects: int = field(default=0, init=False)
 
     @abstractmethod
     def factor(self, ratio: float) -> float:
@@ -57,7 +77,20 @@ class StepController(ABC):
                       else min(1.0, max(self.dfactor, factor)))
         if accepted and math.isfinite(ratio):
             self.record(ratio)
-        return min(self.max_step, max(self.min_step, h * factor))
+        return self.clamp(h * factor)
+
+    def clamp(self, h: float) -> float:
+        return min(self.max_step, max(self.min_step, h))
+
+    def decide(self, h: float, ratio: float) -> Decision:
+        """Accept a step of size ``h`` whose error ratio is ``ratio`` if ``ratio <= 1``, or if it is finite and the
+        step is already at ``min_step`` (rejecting it could only repeat it, as torchdiffeq reasons); the next step
+        from :meth:`next_step`; give up once the ratio stayed non-finite for too many rejections in a row."""
+        accept = ratio <= 1.0 or (self.min_step > 0 and h <= self.min_step and math.isfinite(ratio))
+        next_step = self.next_step(h, ratio, accept)
+        self.nonfinite_rejects = 0 if accept or math.isfinite(ratio) else self.nonfinite_rejects + 1
+        return Decision(accept, next_step,
+                        Status.NONFINITE if self.nonfinite_rejects > MAX_NONFINITE_REJECTS else Status.OK)
 
 
 @dataclass
@@ -138,3 +171,78 @@ def make_controller(options: Mapping[str, Any], error_order: int) -> StepControl
     return kind(error_order, float(options.get("safety", 0.9)), float(options.get("ifactor", 10.0)),
                 float(options.get("dfactor", 0.2)), float(options.get("min_step", 0.0)),
                 float(options.get("max_step", math.inf)))
+
+
+class Plan(NamedTuple):
+    """The step to attempt next: its size ``h`` on the host and ``dt`` as the stepper takes it (the device difference
+    ``t1 - t0`` when it ends exactly on a time, so that gradients w.r.t. that time reach the state there)."""
+
+    h: float
+    dt: float | torch.Tensor
+    t1: torch.Tensor
+    t1_host: float
+    lands: bool  # ends exactly on a step_t/jump_t time or the last output time
+    on_stop: bool  # ... on a step_t/jump_t time
+    jump: bool  # ... on a jump_t time: f is discontinuous at t1
+    passes: bool  # may step past the last output time (which then comes from the dense output)
+
+
+class ClipToTimes:
+    """``step_t``/``jump_t`` as a controller wrapped around another (which decides accept/reject and the step size):
+    a step that would pass the next of those times, or the last output time unless the controller steps past it
+    (``may_overshoot``), ends on it instead; within 1% of it the step stretches to reach it, and within two steps it
+    takes two equal ones rather than a full step and a sliver (the full one is the likelier to be rejected). Times
+    are the solver's (increasing); ``time_sign`` maps the caller's ``step_t``/``jump_t`` onto them."""
+
+    def __init__(self, inner: StepController, options: Mapping[str, Any], t: torch.Tensor, t_host: list[float],
+                 time_sign: float, may_overshoot: bool, h: float) -> None:
+        self.inner, self.may_overshoot, self.h = inner, may_overshoot, h
+        self.stops, self.is_jump, self.stops_dev = _stop_times(options, t_host[0], time_sign, t)
+        self.end_host, self.end = t_host[-1], t[-1]
+        self.next_stop = 0
+
+    def plan(self, tn: torch.Tensor, tn_host: float) -> Plan:
+        on_stop = self.next_stop < len(self.stops) and self.stops[self.next_stop] <= self.end_host
+        goal_host, goal = (self.stops[self.next_stop], self.stops_dev[self.next_stop]) if on_stop \
+            else (self.end_host, self.end)
+        remaining = goal_host - tn_host
+        passes = self.may_overshoot and not on_stop
+        if 1.01 * self.h >= remaining and not passes:
+            jump = on_stop and self.is_jump[self.next_stop]
+            return Plan(remaining, goal - tn, goal, goal_host, True, on_stop, jump, passes)
+        h = remaining / 2 if remaining < 2 * self.h and not passes else self.h
+        return Plan(h, h, tn + h, tn_host + h, False, False, False, passes)
+
+    def decide(self, plan: Plan, ratio: float) -> Decision:
+        """The inner controller's decision; an accepted step that landed keeps the step size proposed before it
+        (landing says nothing bad about the step size) unless the controller proposes a larger one."""
+        decision = self.inner.decide(plan.h, ratio)
+        if decision.accept and plan.lands:
+            if plan.on_stop:
+                self.next_stop += 1
+            self.h = max(decision.next_step, self.h)
+        else:
+            self.h = decision.next_step
+        return decision
+
+
+def _stop_times(options: Mapping[str, Any], t0: float, time_sign: float,
+                like: torch.Tensor) -> tuple[list[float], list[bool], torch.Tensor | None]:
+    """``options['step_t']`` and ``['jump_t']`` after ``t0`` in the solver's time, sorted: the host values, whether
+    each is a jump, and the values on the device (steps land on them exactly)."""
+    marked = [(time_sign * float(v), is_jump) for key, is_jump in (("step_t", False), ("jump_t", True))
+              for v in _host_times(options.get(key))]
+    values = [v for v, _ in marked]
+    if len(set(values)) != len(values):
+        raise ValueError("options['step_t'] and options['jump_t'] must not repeat a time, within or between them")
+    marked = sorted(m for m in marked if m[0] > t0)
+    values = [v for v, _ in marked]
+    return values, [j for _, j in marked], torch.tensor(values, dtype=like.dtype, device=like.device) if values else None
+
+
+def _host_times(times: Any) -> list[float]:
+    if times is None:
+        return []
+    if torch.is_tensor(times):
+        return times.detach().reshape(-1).cpu().tolist()
+    return [float(v) for v in times]

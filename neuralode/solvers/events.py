@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from neuralode.solvers.common import Counter, Dynamics, StepCallbacks
+from neuralode.solvers.common import Dynamics
 from neuralode.solvers.errors import NonFiniteError
-from neuralode.solvers.problem import Problem, State, StateStructure
+from neuralode.solvers.structure import State, StateStructure
 
 EventFn = Callable[[torch.Tensor, State], torch.Tensor]
 FlatEvent = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -92,40 +92,6 @@ class EventWatch:
                 lo, hi = torch.where(before, mid, lo), torch.where(before, hi, mid)
             self.time = (lo + hi) / 2
         self.state = interp(self.time)
-
-
-def integrate_until_event(prob: Problem, f: Dynamics, event_fn: EventFn, y0: torch.Tensor, counter: Counter,
-                          callbacks: StepCallbacks | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Solve ``prob`` (``t = [t0, t1]``: only the direction of ``t1`` counts) from the flat ``y0`` until
-    ``event_fn`` crosses zero; returns the event time (caller's time, no gradient) and the flat states
-    ``(2, N)`` at ``[t0, event_t]``."""
-    solver, t, t_host = prob.solver, prob.t, prob.t_host
-    if t_host is None:
-        raise ValueError("event_fn cannot be used inside CUDA-graph capture (each step reads the event's sign)")
-    if len(t_host) != 2:
-        raise ValueError(f"with event_fn, t must hold 2 times [t0, t1] (t1 gives only the direction), got {len(t_host)}")
-    if not solver.supports_events:
-        raise ValueError(f"method {solver.name!r} does not support event_fn; use a Runge-Kutta or Adams method "
-                         "(e.g. 'dopri5', or 'rk4' with options['step_size'])")
-    g = first_crossing(event_fn, prob.structure, t[0], y0)
-    with torch.no_grad():
-        at_start = bool(g(t[0], y0) == 0)
-    if at_start:
-        return t[0].detach(), torch.stack([y0, y0])
-    hooks = {} if callbacks is None else {"callbacks": callbacks}
-    reverse = solver.increasing_time_only and t_host[1] < t_host[0]
-    time_sign = -1.0 if reverse else 1.0
-    if reverse:  # solve on s = -t, which increases
-        f_solver, g_solver = (lambda s, y: -f(-s, y)), (lambda s, y: g(-s, y))
-        t, t_host = -t, [-x for x in t_host]
-        if callbacks is not None:
-            hooks["callbacks"] = callbacks.reversed()
-    else:
-        f_solver, g_solver = f, g
-    watch = EventWatch(g_solver, t[0], y0, time_sign)
-    solver.solve_until_event(f_solver, y0, t, t_host, rtol=prob.rtol, atol=prob.atol, norm=prob.norm,
-                             options=prob.options, counter=counter, event=watch, time_sign=time_sign, **hooks)
-    return time_sign * watch.time, torch.stack([y0, watch.state])
 
 
 class EventTimeGradient(torch.autograd.Function):

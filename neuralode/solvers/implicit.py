@@ -19,18 +19,15 @@ call that also gives the stage derivative, so it adds no call (backward passes a
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from neuralode.solvers.common import Counter, Dynamics, StepCallbacks
-from neuralode.solvers.grid import grid_outputs, march, stage_times, step_grid, step_until_event
+from neuralode.solvers.common import Dynamics, warn_caller
+from neuralode.solvers.grid import GRID_OPTIONS, FixedGridMethod, Grid, GridStepper, stage_times
 from neuralode.solvers.implicit_tableaus import ImplicitTableau
-from neuralode.solvers.method import Method
-from neuralode.solvers.norms import Norm
-from neuralode.solvers.rk import FixedGridRK
+from neuralode.solvers.problem import Problem
 
 # Newton stops when the update of the stage states is below the first number, relative to 1 + |stage state|
 # (torchdiffeq's implicit family stops at these residuals), or when the error left after applying the update,
@@ -40,105 +37,86 @@ _DEFAULT_MAX_ITERS = 100  # torchdiffeq's default
 _REMEASURE_AFTER = 8
 
 
-class ImplicitRK(Method):
+class ImplicitRK(FixedGridMethod):
     """Fixed steps on the grid of explicit fixed-grid methods (``t``, ``step_size`` or ``grid_constructor``), with
     their ``perturb`` and output interpolation (``interp``: ``linear`` or ``cubic``). ``max_iters``: most Newton
     iterations per step (per stage of a diagonally implicit method); a step that does not converge keeps its last
     iterate and the solve warns, as torchdiffeq does."""
 
-    valid_options = FixedGridRK.valid_options + ("max_iters",)
-    valid_callbacks = frozenset({"callback_step"})
-    supports_events = True
+    valid_options = GRID_OPTIONS + ("max_iters",)
 
     def __init__(self, tableau: ImplicitTableau) -> None:
         self.tableau = tableau
         self.name = tableau.name
 
-    def solve(self, f: Dynamics, y0: torch.Tensor, t: torch.Tensor, t_host: list[float] | None, *,
-              rtol: float, atol: float, norm: Norm, options: Mapping[str, Any], counter: Counter,
-              time_sign: float = 1.0, callbacks: StepCallbacks | None = None) -> torch.Tensor:
-        if t_host is None:
+    def stepper(self, prob: Problem, f: Dynamics, y0: torch.Tensor, grid: Grid) -> GridStepper:
+        if prob.t_host is None:
             raise ValueError(f"method {self.name!r} reads Newton's convergence on the host, so it cannot run inside "
                              "CUDA-graph capture; use an explicit method there")
-        tab = self.tableau
-        newton = self._newton(f, y0, options)
-        # The explicit fixed-grid methods' grid and stage times (they use only the tableau's c).
-        grid, grid_host = step_grid(f, y0, t, t_host, options)
-        steps_host = t_host if grid_host is None else grid_host
-        direction = 1.0 if t_host[-1] >= t_host[0] else -1.0
+        return _ImplicitStepper(self, f, y0, prob.options, grid)
+
+
+class _ImplicitStepper(GridStepper):
+    """The steps of an implicit tableau over a grid. The first guess of a step's stage derivatives extrapolates
+    those of the steps before it (a step after a hard one starts from ``K = 0``)."""
+
+    def __init__(self, method: ImplicitRK, f: Dynamics, y0: torch.Tensor, options: Mapping[str, Any],
+                 grid: Grid) -> None:
+        tab = self.tableau = method.tableau
+        self.name = method.name
+        self.newton = _Newton(f, tab.tensors(y0.dtype, y0.device), int(options.get("max_iters", _DEFAULT_MAX_ITERS)),
+                              *_NEWTON_TOL.get(y0.dtype, _NEWTON_TOL[torch.float64]))
         perturb = bool(options.get("perturb", False))
-        stage_t = stage_times(newton.co["c"], tab.c, grid[:-1], grid[1:], perturb, direction)
+        # The explicit fixed-grid methods' stage times (they use only the tableau's c).
+        self.stage_t = stage_times(self.newton.co["c"], tab.c, grid.times[:-1], grid.times[1:], perturb,
+                                   grid.direction)
         # Stiffly accurate with an explicit first stage: the last stage derivative is f(t1, y1), the next step's
         # first, unless perturb asks for f on the other side of t1.
-        reuse_last = tab.explicit_first_stage and tab.stiffly_accurate and not perturb
-        dts = grid[1:] - grid[:-1]
-        h_host = [b - a for a, b in zip(steps_host, steps_host[1:])]
-        f_last: torch.Tensor | None = None  # f(t1, y1) when the last stage derivative is it
+        self.reuse_last = tab.explicit_first_stage and tab.stiffly_accurate and not perturb
+        self.dts, self.host = grid.dts, grid.host
+        self.f_last: torch.Tensor | None = None  # f(t1, y1) when the last stage derivative is it
         # (stage times on the host, stage derivatives) of the steps taken since the last hard one, newest last.
-        history: list[tuple[list[float], torch.Tensor]] = []
+        self.history: list[tuple[list[float], torch.Tensor]] = []
+        self.steps = 0
 
-        def step(n: int, y: torch.Tensor) -> tuple[torch.Tensor, None]:
-            nonlocal history, f_last
-            stage_times_host = [steps_host[n] + ci * h_host[n] for ci in tab.c]
-            # Extrapolate only from steps that converged easily (<= 3 iterations): after a fast transient the
-            # extrapolated derivatives are wild and Newton can land on a spurious root of the stage equations.
-            # Otherwise start from the stage states equal to y (K = 0).
-            if newton.step_iterations > 3:
-                history.clear()
-            if history:
-                guess = _extrapolate(history, stage_times_host, tab.stages + 1)
-            else:
-                guess = y.detach().new_zeros(tab.stages, y.shape[0])
-            newton.step_iterations = 0
-            k = self._stages(newton, stage_t[n], dts[n], y, guess, f_last)
-            history = history[-1:] + [(stage_times_host, k.detach())]
-            f_last = k[-1] if reuse_last else None
-            return y + dts[n] * (newton.co["b"] @ k), None  # the stage derivatives hold no f at the grid point
-
-        states, _ = march(step, grid, y0, direction, callbacks, counter, keep_slopes=False)
-        if newton.failures:
-            warnings.warn(f"method {self.name!r}: Newton's iteration did not converge within max_iters="
-                          f"{newton.max_iters} on {newton.failures} of {len(h_host)} steps; the solution may be "
-                          "inaccurate (use a smaller step_size or raise options['max_iters'])", RuntimeWarning,
-                          stacklevel=2)
-        # Outputs between grid points as the explicit fixed-grid methods give them; cubic ones cost an evaluation
-        # per grid point (the stage derivatives are not f at the grid points).
-        return grid_outputs(f, t, t_host, grid, grid_host, states, None, options.get("interp", "linear"))
-
-    def solve_until_event(self, f: Dynamics, y0: torch.Tensor, t: torch.Tensor, t_host: list[float], *,
-                          rtol: float, atol: float, norm: Norm, options: Mapping[str, Any], counter: Counter,
-                          event: Any, time_sign: float = 1.0, callbacks: StepCallbacks | None = None) -> None:
-        """Fixed steps of ``options['step_size']`` until ``event`` changes sign (see :func:`step_until_event`);
-        each step's Newton iteration starts from ``K = 0``."""
-        tab = self.tableau
-        newton = self._newton(f, y0, options)
-        direction = 1.0 if t_host[-1] >= t_host[0] else -1.0
-        perturb = bool(options.get("perturb", False))
-
-        def step(ta: torch.Tensor, tb: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-            times = stage_times(newton.co["c"], tab.c, ta[None], tb[None], perturb, direction)[0]
+    def __call__(self, n: int, y: torch.Tensor) -> tuple[torch.Tensor, None]:
+        tab, newton = self.tableau, self.newton
+        self.steps += 1
+        stage_times_host = [self.host[n] + ci * (self.host[n + 1] - self.host[n]) for ci in tab.c]
+        # Extrapolate only from steps that converged easily (<= 3 iterations): after a fast transient the
+        # extrapolated derivatives are wild and Newton can land on a spurious root of the stage equations.
+        # Otherwise start from the stage states equal to y (K = 0).
+        if newton.step_iterations > 3:
+            self.history.clear()
+        if self.history:
+            guess = _extrapolate(self.history, stage_times_host, tab.stages + 1)
+        else:
             guess = y.detach().new_zeros(tab.stages, y.shape[0])
-            k = self._stages(newton, times, tb - ta, y, guess, None)
-            # An explicit first stage is f(t0, y) itself, which a cubic output can reuse.
-            return y + (tb - ta) * (newton.co["b"] @ k), k[0] if tab.explicit_first_stage else None
+        newton.step_iterations = 0
+        k = self._stages(self.stage_t[n], self.dts[n], y, guess, self.f_last)
+        self.history = self.history[-1:] + [(stage_times_host, k.detach())]
+        self.f_last = k[-1] if self.reuse_last else None
+        # No slope: cubic outputs evaluate f at the grid points (the stage derivatives need not hold it).
+        return y + self.dts[n] * (newton.co["b"] @ k), None
 
-        step_until_event(step, f, y0, t, t_host, name=self.name, atol=atol, options=options, counter=counter,
-                         event=event, time_sign=time_sign, callbacks=callbacks)
+    def finish(self) -> None:
+        if self.newton.failures:
+            warn_caller(f"method {self.name!r}: Newton's iteration did not converge within max_iters="
+                        f"{self.newton.max_iters} on {self.newton.failures} of {self.steps} steps; the "
+                        "solution may be inaccurate (use a smaller step_size or raise options['max_iters'])",
+                        RuntimeWarning)
 
-    def _newton(self, f: Dynamics, y0: torch.Tensor, options: Mapping[str, Any]) -> "_Newton":
-        return _Newton(f, self.tableau.tensors(y0.dtype, y0.device), int(options.get("max_iters", _DEFAULT_MAX_ITERS)),
-                       *_NEWTON_TOL.get(y0.dtype, _NEWTON_TOL[torch.float64]))
-
-    def _stages(self, newton: "_Newton", times: torch.Tensor, h: torch.Tensor, y: torch.Tensor, guess: torch.Tensor,
+    def _stages(self, times: torch.Tensor, h: torch.Tensor, y: torch.Tensor, guess: torch.Tensor,
                 f_first: torch.Tensor | None) -> torch.Tensor:
         """Stage derivatives of one step: stage by stage for a diagonally implicit tableau, else all at once."""
         if self.tableau.diagonally_implicit:
-            return self._dirk_step(newton, times, h, y, guess, f_first)
-        return newton.solve(times, y, newton.co["a"], h, guess)
+            return self._dirk_step(times, h, y, guess, f_first)
+        return self.newton.solve(times, y, self.newton.co["a"], h, guess)
 
-    def _dirk_step(self, newton: "_Newton", times: torch.Tensor, h: torch.Tensor, y: torch.Tensor,
-                   guess: torch.Tensor, f_first: torch.Tensor | None) -> torch.Tensor:
+    def _dirk_step(self, times: torch.Tensor, h: torch.Tensor, y: torch.Tensor, guess: torch.Tensor,
+                   f_first: torch.Tensor | None) -> torch.Tensor:
         """Stage derivatives of a diagonally implicit step, one stage after another."""
+        newton = self.newton
         a = newton.co["a"]
         ks: list[torch.Tensor] = []
         for i, row in enumerate(self.tableau.a):

@@ -8,8 +8,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # plain data: the method names load without torch
+    import torch
 
 F = Fraction
 
@@ -57,6 +59,8 @@ class ImplicitTableau:
         """Coefficients as tensors on ``device``, cached per dtype and device."""
         key = (dtype, str(device))
         if key not in self._cache:
+            import torch
+
             mk = lambda v: torch.tensor(v, dtype=dtype, device=device)  # noqa: E731
             self._cache[key] = {"c": mk(self.c), "a": mk(self.a), "b": mk(self.b)}
         return self._cache[key]

@@ -11,20 +11,21 @@ from typing import Any
 
 import torch
 
-from neuralode.solvers.common import Counter
-from neuralode.solvers.events import EventFn, EventTimeGradient, first_crossing, integrate_until_event
-from neuralode.solvers.problem import (
-    Problem,
-    State,
-    StateStructure,
+from neuralode.solvers.arguments import (
     ToleranceArg,
+    build_problem,
     check_options,
     check_tolerance,
     counted,
     step_callbacks,
     supported_callbacks,
 )
+from neuralode.solvers.common import Counter
+from neuralode.solvers.events import EventFn, EventTimeGradient, first_crossing
+from neuralode.solvers.problem import Problem
+from neuralode.solvers.registry import resolve_method
 from neuralode.solvers.stats import SolveStats
+from neuralode.solvers.structure import State, StateStructure
 
 # Re-exported: code written against this module finds them here.
 __all__ = ["Problem", "State", "StateStructure", "ToleranceArg", "check_options", "check_tolerance", "odeint",
@@ -56,7 +57,7 @@ def odeint(func: Callable[[torch.Tensor, State], State], y0: State, t: torch.Ten
     gradients reach the states with ``event_t`` held fixed (:func:`~neuralode.solvers.events.odeint_event`
     adds the event time's own dependence). ``stats``: NFE and accepted/rejected steps are added into it.
     """
-    prob = Problem.build(y0, t, rtol, atol, method, options)
+    prob = build_problem(y0, t, rtol, atol, resolve_method(method), options)
     counter = Counter()
     structure = prob.structure
     f = counted(func, structure, counter)
@@ -65,7 +66,7 @@ def odeint(func: Callable[[torch.Tensor, State], State], y0: State, t: torch.Ten
     if event_fn is None:
         ys = prob.solve(f, flat_y0, counter, callbacks=callbacks)
     else:
-        event_t, ys = integrate_until_event(prob, f, event_fn, flat_y0, counter, callbacks)
+        event_t, ys = prob.solve_until_event(f, event_fn, flat_y0, counter, callbacks)
     if stats is not None:
         stats.record(counter.nfe, counter.accepted, counter.rejected, "forward")
     if event_fn is None:

@@ -21,16 +21,15 @@ matrix (still error-controlled, possibly more steps).
 """
 from __future__ import annotations
 
-import warnings
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
-from neuralode.solvers.common import Counter, Dynamics, StepBudget
-from neuralode.solvers.method import Method
-from neuralode.solvers.norms import Norm, Tolerance
+from neuralode.solvers.common import Counter, Dynamics, StepBudget, StepCallbacks, warn_caller
+from neuralode.solvers.events import EventWatch
+from neuralode.solvers.norms import Tolerance
+from neuralode.solvers.problem import Method, Problem
 
 DEFAULT_SOLVER = "LSODA"
 SCIPY_SOLVERS = ("LSODA", "RK45", "RK23", "DOP853", "Radau", "BDF")
@@ -58,16 +57,17 @@ class ScipySolver(Method):
     valid_options = ("solver", "min_step", "max_step", "max_num_steps", "max_steps_per_solve")
     backpropagates = False  # NumPy steps: gradients only through odeint_adjoint
 
-    def solve(self, f: Dynamics, y0: torch.Tensor, t: torch.Tensor, t_host: list[float], *,
-              rtol: Tolerance, atol: Tolerance, norm: Norm, options: Mapping[str, Any], counter: Counter,
-              time_sign: float = 1.0) -> torch.Tensor:
+    def solve(self, prob: Problem, f: Dynamics, y0: torch.Tensor, counter: Counter, *,
+              callbacks: StepCallbacks | None = None, event: EventWatch | None = None,
+              land: bool = False) -> torch.Tensor:
         scipy_integrate = _scipy_integrate()
+        t_host, options, time_sign = prob.t_host, prob.options, prob.time_sign
         method = options.get("solver", DEFAULT_SOLVER)
         if method not in SCIPY_SOLVERS:
             raise ValueError(f"options['solver'] of method 'scipy_solver' must be one of {', '.join(SCIPY_SOLVERS)}, "
                              f"got {method!r}")
         n = y0.numel()
-        settings: dict[str, Any] = {"rtol": _host_tolerance(rtol), "atol": _host_tolerance(atol)}
+        settings: dict[str, Any] = {"rtol": _host_tolerance(prob.rtol), "atol": _host_tolerance(prob.atol)}
         if options.get("max_step") is not None:
             settings["max_step"] = float(options["max_step"])
         if options.get("min_step") is not None:  # LSODA's only: SciPy warns that others ignore it
@@ -110,6 +110,6 @@ class ScipySolver(Method):
                 done = reached
         counter.accepted += steps
         if lost_gradient[0]:
-            warnings.warn("method 'scipy_solver' integrates in NumPy, so odeint's result carries no gradient; use "
-                          "odeint_adjoint for gradients", stacklevel=5)
+            warn_caller("method 'scipy_solver' integrates in NumPy, so odeint's result carries no gradient; use "
+                        "odeint_adjoint for gradients")
         return torch.from_numpy(out).to(device=device, dtype=dtype)

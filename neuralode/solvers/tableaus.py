@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
+if TYPE_CHECKING:  # plain data: the method names load without torch
+    import torch
 
 Number = float | Fraction
 Interpolation = Literal["polynomial", "hermite"]
@@ -64,6 +65,8 @@ class ButcherTableau:
         which forbids host-to-device copies) create them once."""
         key = (dtype, str(device))
         if key not in self._cache:
+            import torch
+
             mk = lambda v: torch.tensor(v, dtype=dtype, device=device)  # noqa: E731
             out = {
                 "c": mk(self.c),

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from neuralode.errors import ConfigError
 from neuralode.tasks.base import StepOutput, Task
 
 # Task name -> module providing ``build(cfg, device)``; imported lazily so one task's deps don't slow another.
@@ -23,7 +24,7 @@ def build_task(cfg: Any, device: torch.device) -> Task:
     """Build the task named by ``cfg.task.name`` from the composed config."""
     name = cfg.task.name
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(sorted(TASKS))}")
+        raise ConfigError(f"unknown task {name!r}; choose one of: {', '.join(sorted(TASKS))}")
     return importlib.import_module(TASKS[name]).build(cfg, device)
 
 

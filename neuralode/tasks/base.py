@@ -11,6 +11,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
+from neuralode.errors import ConfigError
+
 
 @dataclass
 class StepOutput:
@@ -65,10 +67,10 @@ def validated(schema: type, node: Any, where: str) -> Any:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
     except OmegaConfBaseException as e:
         key = f"{where}.{e.full_key}" if getattr(e, "full_key", None) else where
-        raise ValueError(f"{key}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{key}: {str(e).splitlines()[0]}") from None
 
 
 def check(ok: bool, message: str) -> None:
-    """Raise ``ValueError(message)`` (a bad config value: one line, exit code 2) unless ``ok``."""
+    """Raise ``ConfigError(message)`` (a bad config value: one line, exit code 2) unless ``ok``."""
     if not ok:
-        raise ValueError(message)
+        raise ConfigError(message)

@@ -32,6 +32,7 @@ from neuralode.data.dynamics import SYSTEMS, DynamicsData, generate_dynamics, so
 from neuralode.models.dynamics import DynamicsRNN, NeuralODE, ResNetEuler, Scales, VectorField
 from neuralode.models.latent_ode import check_cell
 from neuralode.models.odeblock import SolverSpec
+from neuralode.models.regularization import Regularization, regularization_from_config
 from neuralode.tasks.base import StepOutput, check, validated
 from neuralode.utils.files import read_jsonl
 
@@ -323,22 +324,27 @@ def plot_losses(path: Path, records: list[dict[str, Any]], title: str) -> Path:
     return path
 
 
-def build_model(model_cfg: Any, data: DynamicsData, solver: SolverSpec) -> nn.Module:
+def build_model(model_cfg: Any, data: DynamicsData, solver: SolverSpec,
+                regularization: Regularization | None = None) -> nn.Module:
     scales = Scales.of(data.train.times, data.train.values)
     if isinstance(model_cfg, RNNModelConfig):
         return DynamicsRNN(scales, hidden=model_cfg.hidden, cell=model_cfg.cell, use_dt=model_cfg.use_dt,
                            time_unit=data.dt)
     field = VectorField(scales, hidden=model_cfg.hidden, hidden_layers=model_cfg.hidden_layers,
                         cubic_feature=model_cfg.cubic_feature)
-    return NeuralODE(field, solver) if model_cfg.name == "node" else ResNetEuler(field, data.dt)
+    return NeuralODE(field, solver, regularization) if model_cfg.name == "node" else ResNetEuler(field, data.dt)
 
 
 def build(cfg: DictConfig, device: torch.device) -> DynamicsTask:
     task, d, model_cfg = validate_config(cfg)
+    regularization = regularization_from_config(
+        cfg.get("regularize"), model_cfg.name, has_ode=model_cfg.name == "node",
+        no_steer_reason="task=dynamics fits the state at every observation time, so no end time is free")
     data = generate_dynamics(SYSTEMS[d.name], t_end=d.t_end, n_points=d.n_points, extrapolate=d.extrapolate,
                              noise_std=d.noise_std, irregular=d.irregular, n_trajectories=d.n_trajectories,
                              n_test=d.n_test, ic_scale_min=d.ic_scale_min,
                              seed=int(cfg.seed if d.seed is None else d.seed)).to(device)
-    model = build_model(model_cfg, data, SolverSpec.from_config(cfg.solver, default_tol=task.default_tol)).to(device)
+    model = build_model(model_cfg, data, SolverSpec.from_config(cfg.solver, default_tol=task.default_tol),
+                        regularization).to(device)
     return DynamicsTask(data, model, model_name=model_cfg.name, task=task, window=d.window, batch_size=d.batch_size,
                         epochs=int(cfg.trainer.epochs), seed=int(cfg.seed))

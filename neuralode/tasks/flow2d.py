@@ -8,8 +8,10 @@ from typing import Any
 import torch
 
 from neuralode.data import toy2d
+from neuralode.errors import ConfigError
 from neuralode.models.cnf import CNF, PlanarFlow, build_flow
 from neuralode.models.odeblock import SolverSpec
+from neuralode.models.regularization import regularization_from_config
 
 HELD_OUT_SEED_OFFSET = 10_007  # held-out draws come from their own generator, never from the training stream
 
@@ -21,11 +23,14 @@ class Flow2DTask:
 
     def __init__(self, cfg: Any, device: torch.device, task: str, valid: str) -> None:
         if cfg.data.get("kind") != self.data_kind:
-            raise ValueError(f"task={task} needs a 2-D {self.data_kind} data set ({valid}); "
-                             f"data={cfg.data.name} is not one")
+            raise ConfigError(f"task={task} needs a 2-D {self.data_kind} data set ({valid}); "
+                              f"data={cfg.data.name} is not one")
         self.cfg, self.device = cfg, device
         solver = SolverSpec.from_config(cfg.solver, default_tol=float(cfg.task.default_tol))
-        self.model: CNF | PlanarFlow = build_flow(cfg.model, solver).to(device)
+        is_cnf = cfg.model.name == "cnf"
+        regularization = regularization_from_config(cfg.get("regularize"), cfg.model.name, has_ode=is_cnf,
+                                                    steer_end=float(cfg.model.t1) if is_cnf else None)
+        self.model: CNF | PlanarFlow = build_flow(cfg.model, solver, regularization=regularization).to(device)
         self.held_out = torch.Generator().manual_seed(int(cfg.seed) + HELD_OUT_SEED_OFFSET)
 
     def configure_optimizers(self) -> tuple[torch.optim.Optimizer, None]:

@@ -25,8 +25,9 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
 from neuralode.data.mnist import IMAGE_DATASETS, DataError, class_names, load_split
-from neuralode.models.mnist import MODELS, build_mnist_model, count_parameters
+from neuralode.models.mnist import MODELS, ODE_MODELS, build_mnist_model, count_parameters
 from neuralode.models.odeblock import SolverSpec
+from neuralode.models.regularization import regularization_from_config
 from neuralode.tasks.base import StepOutput, check, validated
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,9 @@ class MnistTask:
 
     def __init__(self, cfg: DictConfig, device: torch.device) -> None:
         self.cfg_task, self.cfg_data, self.cfg_model = validate_config(cfg)
+        # Before the data load: a regulariser the model cannot take is refused at once.
+        regularization = regularization_from_config(cfg.get("regularize"), self.cfg_model.name,
+                                                    has_ode=self.cfg_model.name in ODE_MODELS, steer_end=1.0)
         self.device = device
         self.seed = int(cfg.seed)
         self.epochs = int(cfg.trainer.epochs)
@@ -159,7 +163,7 @@ class MnistTask:
 
         solver = SolverSpec.from_config(cfg.solver, self.cfg_task.default_tol)
         hyper = {k: v for k, v in dataclasses.asdict(self.cfg_model).items() if k != "name"}
-        self.model = build_mnist_model(self.cfg_model.name, solver, **hyper).to(device)
+        self.model = build_mnist_model(self.cfg_model.name, solver, regularization=regularization, **hyper).to(device)
         self.num_params = count_parameters(self.model)
         self._last_predictions: torch.Tensor | None = None
         log.info("mnist: %s with %s parameters; %s: %d train / %d test images from %s",

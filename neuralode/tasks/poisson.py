@@ -17,8 +17,10 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from neuralode.data.poisson import PoissonData, generate_poisson
+from neuralode.errors import ConfigError
 from neuralode.models.odeblock import SolverSpec
 from neuralode.models.poisson import ConstantRate, LatentODEPoisson
+from neuralode.models.regularization import regularization_from_config
 from neuralode.tasks.base import StepOutput
 
 MODELS = ("latent_ode_poisson", "poisson_const")
@@ -28,9 +30,9 @@ class PoissonTask:
     def __init__(self, data: PoissonData, model: nn.Module, *, model_name: str, lr: float, batch_size: int,
                  eval_samples: int, grid_points: int, n_figure_sequences: int, seed: int) -> None:
         if batch_size < 1 or eval_samples < 1 or grid_points < 2 or n_figure_sequences < 1:
-            raise ValueError(f"task.batch_size, task.eval_samples and task.n_figure_sequences must be >= 1 and "
-                             f"task.grid_points >= 2; got {batch_size}, {eval_samples}, {n_figure_sequences}, "
-                             f"{grid_points}")
+            raise ConfigError(f"task.batch_size, task.eval_samples and task.n_figure_sequences must be >= 1 and "
+                              f"task.grid_points >= 2; got {batch_size}, {eval_samples}, {n_figure_sequences}, "
+                              f"{grid_points}")
         self.data, self.model, self.model_name = data, model, model_name
         self.lr, self.batch_size, self.eval_samples = lr, min(batch_size, len(data.train)), eval_samples
         self.n_figure_sequences, self.seed = n_figure_sequences, seed
@@ -105,9 +107,12 @@ class PoissonTask:
 def build(cfg: Any, device: torch.device) -> PoissonTask:
     d, m, tk = cfg.data, cfg.model, cfg.task
     if d.get("name") != "poisson":
-        raise ValueError(f"task=poisson needs data=poisson (event sequences generated in code), got data={d.get('name')}")
+        raise ConfigError(f"task=poisson needs data=poisson (event sequences generated in code), got data={d.get('name')}")
     if m.get("name") not in MODELS:
-        raise ValueError(f"task=poisson does not support model={m.get('name')!r}; choose one of: {', '.join(MODELS)}")
+        raise ConfigError(f"task=poisson does not support model={m.get('name')!r}; choose one of: {', '.join(MODELS)}")
+    regularization = regularization_from_config(
+        cfg.get("regularize"), str(m.name), has_ode=m.name == "latent_ode_poisson",
+        no_steer_reason="task=poisson reads the latent state at every event time and the compensator at T")
     seed = int(cfg.seed if d.get("seed") is None else d.seed)
     data = generate_poisson(int(d.n_sequences), float(d.test_fraction), float(d.t_end),
                             (float(d.weight[0]), float(d.weight[1])), float(d.bias), float(d.omega), seed).to(device)
@@ -117,7 +122,8 @@ def build(cfg: Any, device: torch.device) -> PoissonTask:
     else:
         solver = SolverSpec.from_config(cfg.solver, default_tol=float(tk.default_tol))
         model = LatentODEPoisson(solver, t_end=data.t_end, latent_dim=int(m.latent_dim), rec_hidden=int(m.rec_hidden),
-                                 ode_hidden=int(m.ode_hidden), intensity_hidden=int(m.intensity_hidden))
+                                 ode_hidden=int(m.ode_hidden), intensity_hidden=int(m.intensity_hidden),
+                                 regularization=regularization)
     return PoissonTask(data, model.to(device), model_name=str(m.name), lr=float(tk.lr), batch_size=int(tk.batch_size),
                        eval_samples=int(tk.eval_samples), grid_points=int(tk.grid_points),
                        n_figure_sequences=int(tk.n_figure_sequences), seed=int(cfg.seed))

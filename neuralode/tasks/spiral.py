@@ -22,8 +22,10 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from neuralode.data.spiral import GRID_STEP, SpiralData, generate_spirals
+from neuralode.errors import ConfigError
 from neuralode.models.latent_ode import LatentODE
 from neuralode.models.odeblock import SolverSpec
+from neuralode.models.regularization import Regularization, regularization_from_config
 from neuralode.models.rnn import SpiralRNN
 from neuralode.tasks.base import StepOutput
 
@@ -37,16 +39,17 @@ MODELS = ("latent_ode", "rnn", "rnn_dt")
 LR_SCHEDULES = ("exponential", "cosine")
 
 
-def build_model(model_cfg: Any, solver: SolverSpec) -> nn.Module:
+def build_model(model_cfg: Any, solver: SolverSpec, regularization: Regularization | None = None) -> nn.Module:
     name = model_cfg.name
     if name == "latent_ode":
         return LatentODE(solver, latent_dim=int(model_cfg.latent_dim), rec_hidden=int(model_cfg.rec_hidden),
                          ode_hidden=int(model_cfg.ode_hidden), dec_hidden=int(model_cfg.dec_hidden),
-                         obs_std=float(model_cfg.obs_std), time_unit=GRID_STEP, cell=str(model_cfg.cell))
+                         obs_std=float(model_cfg.obs_std), time_unit=GRID_STEP, cell=str(model_cfg.cell),
+                         regularization=regularization)
     if name in ("rnn", "rnn_dt"):
         return SpiralRNN(hidden=int(model_cfg.hidden), use_dt=bool(model_cfg.use_dt), time_unit=GRID_STEP,
                          cell=str(model_cfg.cell))
-    raise ValueError(f"task=spiral does not support model={name!r}; choose one of: {', '.join(MODELS)}")
+    raise ConfigError(f"task=spiral does not support model={name!r}; choose one of: {', '.join(MODELS)}")
 
 
 class SpiralTask:
@@ -56,15 +59,15 @@ class SpiralTask:
                  iters_per_epoch: int, lr_decay: float, n_figure_spirals: int, seed: int,
                  lr_schedule: str = "exponential", lr_hold: float = 0.0, lr_cycles: int = 1, epochs: int = 1) -> None:
         if batch_size < 1 or iters_per_epoch < 1:
-            raise ValueError(f"task.batch_size and task.iters_per_epoch must be >= 1, got {batch_size}, {iters_per_epoch}")
+            raise ConfigError(f"task.batch_size and task.iters_per_epoch must be >= 1, got {batch_size}, {iters_per_epoch}")
         if not 0 < lr_decay <= 1:
-            raise ValueError(f"task.lr_decay must be in (0, 1] (per-epoch LR factor), got {lr_decay}")
+            raise ConfigError(f"task.lr_decay must be in (0, 1] (per-epoch LR factor), got {lr_decay}")
         if lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"task.lr_schedule must be one of: {', '.join(LR_SCHEDULES)}; got {lr_schedule!r}")
+            raise ConfigError(f"task.lr_schedule must be one of: {', '.join(LR_SCHEDULES)}; got {lr_schedule!r}")
         if not 0 <= lr_hold < 1:
-            raise ValueError(f"task.lr_hold is the fraction of each lr cycle at the initial lr, in [0, 1); got {lr_hold}")
+            raise ConfigError(f"task.lr_hold is the fraction of each lr cycle at the initial lr, in [0, 1); got {lr_hold}")
         if lr_cycles < 1 or epochs % lr_cycles:
-            raise ValueError(f"task.lr_cycles must be >= 1 and divide trainer.epochs={epochs}; got {lr_cycles}")
+            raise ConfigError(f"task.lr_cycles must be >= 1 and divide trainer.epochs={epochs}; got {lr_cycles}")
         self.data = data
         self.model = model
         self.model_name = model_name
@@ -246,13 +249,16 @@ def plot_predictions(path: Path, *, data: SpiralData, rows: torch.Tensor, pred: 
 def build(cfg: Any, device: torch.device) -> SpiralTask:
     d = cfg.data
     if d.get("name") != "spiral":
-        raise ValueError(f"task=spiral needs data=spiral (spirals generated in code), got data={d.get('name')}")
+        raise ConfigError(f"task=spiral needs data=spiral (spirals generated in code), got data={d.get('name')}")
+    regularization = regularization_from_config(
+        cfg.get("regularize"), str(cfg.model.name), has_ode=cfg.model.name == "latent_ode",
+        no_steer_reason="task=spiral reads the latent state at every observation time, so no end time is free")
     seed = int(cfg.seed if d.get("seed") is None else d.seed)
     data = generate_spirals(n_spirals=int(d.n_spirals), n_points=int(d.n_points), n_obs=int(d.n_obs),
                             noise_std=float(d.noise_std), a=float(d.a), b=float(d.b),
                             test_fraction=float(d.test_fraction), seed=seed).to(device)
     solver = SolverSpec.from_config(cfg.solver, default_tol=float(cfg.task.default_tol))
-    model = build_model(cfg.model, solver).to(device)
+    model = build_model(cfg.model, solver, regularization).to(device)
     tk = cfg.task
     return SpiralTask(data, model, model_name=str(cfg.model.name), lr=float(tk.lr), batch_size=int(tk.batch_size),
                       iters_per_epoch=int(tk.iters_per_epoch), lr_decay=float(tk.lr_decay),

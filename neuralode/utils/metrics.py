@@ -26,6 +26,8 @@ TAGS = {
     "nfe_forward": "nfe/forward",
     "nfe_backward": "nfe/backward",
     "nfe_eval": "nfe/eval",
+    "reg_kinetic": "regularize/kinetic",
+    "reg_jacobian": "regularize/jacobian",
     "peak_memory_mb": "memory/peak_mb",
     "epoch_time_s": "time/epoch_s",
     "eval_time_s": "time/eval_s",

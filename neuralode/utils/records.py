@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from neuralode.errors import NeuralodeError
 
-class MetricsError(ValueError):
+
+class MetricsError(NeuralodeError, ValueError):
     """A metrics file lacks epochs that a checkpoint holds; the message names them."""
 
 

@@ -60,6 +60,11 @@ def test_figure3_measures_a_trained_odenet(tmp_path: Path) -> None:
     assert data["accuracy_images"] == 10 and (acc_loose["tol"], acc_tight["tol"]) == (1e-1, 1e-4)
     assert acc_tight["nfe_forward"] > acc_loose["nfe_forward"] > 0
     assert all(0 <= r["accuracy"] <= 1 and r["accuracy"] * 10 == round(r["accuracy"] * 10) for r in (acc_loose, acc_tight))
+    # Its times too come from interleaved rounds (--repeats), with their range, CPU time and the load.
+    for r in (acc_loose, acc_tight):
+        assert r["rounds"] == 2 and r["time_min_s"] <= r["time_s"] <= r["time_max_s"] and r["cpu_s"] > 0
+    assert set(data["accuracy_load_average_1min"]) == {"before", "after", "cpus"}
+    assert figure3.read_measurements(run_dir / "figure3.json") == data
 
 
 def test_figure3_with_the_paper_solver_family(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -106,3 +111,53 @@ def test_a_timing_trend_is_drawn_only_beyond_its_spread() -> None:
     single = {"timing_rounds": 1, "rows": [_timed(14, 1.0, 1.0, 1.0), _timed(50, 3.0, 3.0, 3.0)]}
     (b,) = [line for line in figure3.observations(single, ([], [])) if line.startswith("(b)")]
     assert "spread is unknown" in b
+
+
+def test_a_timing_trend_beyond_its_spread_is_checked_for_monotony() -> None:
+    """A tolerance with fewer NFE that took longer than one with more, beyond both ranges, is named."""
+    rows = [_timed(14, 1.0, 0.9, 1.1), _timed(26, 2.5, 2.4, 2.6), _timed(50, 2.0, 1.9, 2.1)]
+    for i, row in enumerate(rows):
+        row["tol"] = 10.0 ** -(i + 1)
+    (b,) = [line for line in figure3.observations({"timing_rounds": 3, "rows": rows}, ([], [])) if line.startswith("(b)")]
+    assert "Not monotone: at tol 1e-02 (26 NFE)" in b and "tol 1e-03 (50 NFE)" in b
+    rows[2].update(forward_time_s=3.0, forward_time_min_s=2.9, forward_time_max_s=3.1)
+    (b,) = [line for line in figure3.observations({"timing_rounds": 3, "rows": rows}, ([], [])) if line.startswith("(b)")]
+    assert "larger than the spread, and monotone" in b
+
+
+def _accuracy_row(tol: float, nfe: float, median: float, low: float, high: float) -> dict:
+    return {"tol": tol, "accuracy": 0.9, "nfe_forward": nfe, "time_s": median, "time_min_s": low,
+            "time_max_s": high, "cpu_s": median / 2, "rounds": 3}
+
+
+def test_the_test_time_trade_off_draws_no_trend_within_its_spread() -> None:
+    """The quick report once read 42.6 s at tol 1e-3 and 25.9 s at 1e-5 on a busy machine: within the spread."""
+    noisy = {"accuracy_images": 100, "accuracy_by_tolerance": [
+        _accuracy_row(1e-3, 26, 42.6, 20.0, 45.0), _accuracy_row(1e-5, 62, 25.9, 24.0, 50.0)]}
+    (line,) = figure3.observations(noisy, ([], []))
+    assert "42.6 s (range 20.0-45.0), CPU 21.3 s" in line and "spread is larger than the effect" in line
+    clear = {"accuracy_images": 100, "accuracy_by_tolerance": [
+        _accuracy_row(1e-3, 26, 20.0, 19.0, 21.0), _accuracy_row(1e-5, 62, 40.0, 39.0, 42.0)]}
+    (line,) = figure3.observations(clear, ([], []))
+    assert "from 40.0 s" in line and "larger than the spread, and monotone" in line
+    # Files measured before the rounds existed: one timing, so no trend.
+    old = {"accuracy_images": 100, "accuracy_by_tolerance": [
+        {"tol": 1e-3, "accuracy": 0.9, "nfe_forward": 26, "time_s": 42.6},
+        {"tol": 1e-5, "accuracy": 0.9, "nfe_forward": 62, "time_s": 25.9}]}
+    (line,) = figure3.observations(old, ([], []))
+    assert "spread is unknown" in line and "range" not in line
+
+
+def test_crafted_timing_fields_blank_the_measurements(tmp_path: Path) -> None:
+    row = {"tol": 1e-3, "nfe_forward": 26, "nfe_forward_train": 26, "nfe_backward": 20, "error_state": 1e-3,
+           "error_logits": 1e-3, "forward_time_s": 1.0, "accuracy": 0.9}
+    base = {"batch_size": 8, "reference_tol": 1e-9, "rows": [row], "accuracy_images": 10,
+            "accuracy_by_tolerance": [_accuracy_row(1e-3, 26, 1.0, 0.9, 1.1)]}
+    path = tmp_path / "figure3.json"
+    path.write_text(json.dumps(base))
+    assert figure3.read_measurements(path) == base
+    for crafted in ({**base, "rows": [{**row, "forward_time_min_s": "fast"}]},
+                    {**base, "accuracy_by_tolerance": [{**base["accuracy_by_tolerance"][0], "rounds": "3"}]},
+                    {**base, "timing_rounds": None}):
+        path.write_text(json.dumps(crafted))
+        assert figure3.read_measurements(path) is None

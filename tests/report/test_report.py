@@ -178,6 +178,52 @@ def test_reproduce_skips_complete_runs_and_reports_failures(tmp_path: Path, monk
     assert (runs / "logs").is_dir() == (jobs > 1)
 
 
+# A run that waits for its stop, and records how many SIGINTs it got.
+STOPPABLE_CLI = '''
+import signal, sys, time
+from pathlib import Path
+run_dir = Path(dict(a.split("=", 1) for a in sys.argv[2:])["hydra.run.dir"])
+run_dir.mkdir(parents=True)
+signals = []
+signal.signal(signal.SIGINT, lambda signum, frame: signals.append(signum))
+(run_dir / "ready").touch()
+deadline = time.monotonic() + 120
+while not signals and time.monotonic() < deadline:
+    time.sleep(0.05)
+time.sleep(1)  # time for a second one to arrive
+(run_dir / "sigints").write_text(str(len(signals)))
+sys.exit(130)
+'''
+
+
+def test_ctrl_c_during_make_reproduce_reaches_each_running_run_once(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runs are in sessions of their own (a terminal's Ctrl-C reaches only make reproduce), and it passes one on."""
+    import time
+
+    from report_testdata import write_tiny_idx
+
+    from neuralode.report import reproduce
+
+    fake = tmp_path / "fake_cli.py"
+    fake.write_text(STOPPABLE_CLI)
+    monkeypatch.setattr(reproduce, "neuralode_command", lambda: [sys.executable, str(fake)])
+    runs = tmp_path / "runs"
+    sleep = time.sleep
+
+    def ctrl_c_once_two_run(_seconds: float) -> None:  # make reproduce waits for a free slot: the user presses Ctrl-C
+        deadline = time.monotonic() + 600
+        while len(list(runs.rglob("ready"))) < 2 and time.monotonic() < deadline:
+            sleep(0.05)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reproduce.time, "sleep", ctrl_c_once_two_run)
+    argv = ["--profile", "smoke", "--runs-dir", str(runs), "--report-dir", str(tmp_path / "report"),
+            "--data", "fashion_mnist", "--data-root", str(write_tiny_idx(tmp_path / "idx")), "--jobs", "2"]
+    assert reproduce.main(argv) == 130
+    assert [p.read_text() for p in runs.rglob("sigints")] == ["1", "1"]
+
+
 def test_parameter_count_of_an_older_run_comes_from_its_checkpoint_without_unpickling(tmp_path: Path) -> None:
     import pickle
 

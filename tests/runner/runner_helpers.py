@@ -7,9 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
+from neuralode.cli import main
 from neuralode.config import config_dir, register_configs
 
 HERE = Path(__file__).resolve().parent
@@ -46,3 +49,18 @@ def cli(*args: str, cwd: Path, **kwargs: Any) -> subprocess.CompletedProcess:
 
 def without_timings(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, cwd: Path, *args: str) -> tuple[int, str]:
+    """``neuralode <args>`` in this process, the function the console script runs; returns the exit code (0 when
+    it returns) and stderr."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["neuralode"])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # main() sets it; monkeypatch restores it
+    GlobalHydra.instance().clear()
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from hydra.core.global_hydra import GlobalHydra
-from runner_helpers import SEARCHPATH, TOY, cli, toy_config
+from runner_helpers import SEARCHPATH, TOY, cli, run_main, toy_config
 
 from neuralode.cli import main
 from neuralode.train import train
@@ -23,17 +23,6 @@ def assert_one_line_error(returncode: int, stderr: str, prog: str, message: str)
     assert returncode == 2, stderr
     assert lines == [lines[0]] and "Traceback" not in stderr, stderr
     assert lines[0].startswith(f"{prog}: error: ") and message in lines[0], lines[0]
-
-
-def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, cwd: Path, *args: str) -> tuple[int, str]:
-    """``neuralode <args>`` in this process; returns the exit code and stderr."""
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["neuralode"])
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # main() sets it; monkeypatch restores it
-    GlobalHydra.instance().clear()
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    return exit_info.value.code, capsys.readouterr().err
 
 
 @pytest.mark.smoke
@@ -53,6 +42,10 @@ def test_help_lists_the_subcommands(tmp_path: Path):
     ("trainer.lr=0.1", "trainer.lr is not a known key; TrainerConfig has: epochs"),
     ("+trainer.lr=0.1", "trainer.lr is not a known key; TrainerConfig has: epochs"),
     ("seed=[1", "no viable alternative at input '[1'"),
+    ("regularize.kinetic=-0.1", "regularize.kinetic=-0.1 is invalid; it must be >= 0 and finite (0: off)"),
+    ("regularize.kinetik=0.1", "regularize.kinetik is not a known key; did you mean regularize.kinetic?"),
+    ("regularize.steer=1.0", "regularize.steer=1 is invalid for model=toy: its solves end at T=1, and "
+                             "t1 ~ U[T - b, T + b] must stay after t0 = 0; use a b below 1"),
 ])
 def test_train_errors_are_one_line(monkeypatch, capsys, tmp_path: Path, override: str, message: str):
     code, err = run_main(monkeypatch, capsys, tmp_path, "train", SEARCHPATH, *TOY, override)
@@ -112,6 +105,19 @@ def test_eval_errors_are_one_line(monkeypatch, capsys, tmp_path: Path, args: tup
     code, err = run_main(monkeypatch, capsys, tmp_path, "eval", *args)
     assert_one_line_error(code, err, "neuralode eval", message)
     assert "training then starts over" not in err and "delete" not in err
+
+
+def test_a_truncated_checkpoint_under_eval_is_named_in_one_line(monkeypatch, capsys, tmp_path: Path):
+    """A copy cut short (a full disk, an interrupted transfer): the file is named as damaged, with no run-dir hint."""
+    run_dir = tmp_path / "run"
+    train(toy_config("trainer.epochs=1"), run_dir)
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    whole = ckpt.read_bytes()
+    for size in (0, 64, len(whole) // 2, len(whole) - 1):
+        ckpt.write_bytes(whole[:size])
+        code, err = run_main(monkeypatch, capsys, tmp_path, "eval", f"checkpoint={run_dir}", "task_module=toy_task")
+        assert_one_line_error(code, err, "neuralode eval", f"checkpoint {ckpt} is damaged or not a torch file")
+        assert "hydra.run.dir" not in err, size
 
 
 @pytest.mark.parametrize(("override", "message"), [
@@ -181,6 +187,19 @@ def test_a_near_miss_gets_a_suggestion(monkeypatch, capsys, tmp_path: Path, over
     assert_one_line_error(code, err, "neuralode train", message)
 
 
+@pytest.mark.parametrize(("overrides", "message"), [
+    (("task=mnist", "model=resnet", "regularize.jacobian=0.01"),
+     "regularize.jacobian regularises an ODE block's dynamics, and model=resnet has none"),
+    (("task=poisson", "regularize.steer=0.1"),
+     "regularize.steer=0.1 samples the end time of a solve, and task=poisson reads the latent state at every event "
+     "time"),
+])
+def test_a_regulariser_the_model_cannot_take_is_one_line(monkeypatch, capsys, tmp_path: Path,
+                                                         overrides: tuple[str, ...], message: str):
+    code, err = run_main(monkeypatch, capsys, tmp_path, "train", "profile=smoke", *overrides)
+    assert_one_line_error(code, err, "neuralode train", message)
+
+
 @pytest.mark.parametrize(("launcher", "extra"), [("joblib", "joblib"), ("submitit_slurm", "slurm")])
 def test_a_missing_launcher_plugin_names_the_extra_to_install(launcher: str, extra: str):
     from hydra.errors import MissingConfigException
@@ -221,3 +240,50 @@ def test_eval_takes_a_thread_count(monkeypatch, capsys, tmp_path: Path):
     GlobalHydra.instance().clear()
     main(["eval", f"checkpoint={run_dir}", "task_module=toy_task", "threads=2"])  # returns: no error
     assert torch.get_num_threads() == 2 and "test_rmse" in capsys.readouterr().out  # the conftest restores it
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("task=spiral", "data.n_spirals=7"), "data.n_spirals must be an even number >= 4"),  # the data's own check
+    (("task=mnist", "data=digits", "task.default_tol=0"), "task.default_tol must be > 0"),  # the task's check
+])
+def test_config_errors_of_tasks_and_data_are_one_line(monkeypatch, capsys, tmp_path: Path, args: tuple[str, ...],
+                                                       message: str):
+    code, err = run_main(monkeypatch, capsys, tmp_path, "train", "trainer.progress=false", *args)
+    assert_one_line_error(code, err, "neuralode train", message)
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch, capsys, tmp_path: Path):
+    import toy_task
+
+    def broken(self, batch):
+        raise ValueError("a bug deep inside")
+
+    monkeypatch.setattr(toy_task.ToyTask, "training_step", broken)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["neuralode"])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    GlobalHydra.instance().clear()
+    with pytest.raises(ValueError, match="a bug deep inside"):  # not SystemExit(2): Python prints the traceback
+        main(["train", SEARCHPATH, *TOY, "hydra.run.dir=run"])
+    assert "error:" not in capsys.readouterr().err
+
+
+def test_only_neuralode_hydra_and_os_errors_are_the_users():
+    from neuralode.cli import user_error
+    from neuralode.data.idx import IDXError
+    from neuralode.errors import ConfigError, NeuralodeError
+    from neuralode.solvers import MaxNumStepsError
+    from neuralode.train import TrainingError
+    from neuralode.utils.records import MetricsError
+
+    for error in (ConfigError("x"), MaxNumStepsError("x"), TrainingError("x"), MetricsError("x"), IDXError("x"),
+                  FileNotFoundError(2, "No such file or directory", "x")):
+        assert user_error(error) is error
+    assert isinstance(IDXError("x"), NeuralodeError)
+    for bug in (ValueError("x"), TypeError("x"), KeyError("x"), RuntimeError("x")):
+        assert user_error(bug) is None
+    unwritable = PermissionError(13, "Permission denied", "run/train.log")
+    try:
+        raise ValueError("Unable to configure handler 'file'") from unwritable  # as Hydra's logging setup does
+    except ValueError as wrapped:
+        assert user_error(wrapped) is unwritable

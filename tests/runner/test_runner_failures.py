@@ -123,25 +123,24 @@ def test_a_stop_before_the_first_epoch_says_the_command_starts_over(tmp_path):
         trainer._train(toy_config("trainer.epochs=1"), tmp_path / "run", StopAtOnce(), lambda: None)
 
 
-def test_a_full_disk_names_the_file_and_what_is_kept(tmp_path, monkeypatch):
+@pytest.mark.parametrize("full", ["checkpoints/last.pt", "metrics.jsonl"])
+def test_a_full_disk_names_the_file_and_what_is_kept(tmp_path, monkeypatch, full):
     import errno
     import os
-
-    from neuralode.utils import files
 
     run_dir = tmp_path / "run"
     train(toy_config("trainer.epochs=1"), run_dir)
     real_fsync = os.fsync
 
-    def full_disk(fd: int) -> None:
-        if os.readlink(f"/proc/self/fd/{fd}").endswith("last.pt.tmp"):
+    def full_disk(fd: int) -> None:  # ENOSPC from a write or fsync names no file; the message must
+        if os.readlink(f"/proc/self/fd/{fd}").endswith((f"{full}.tmp", full)):
             raise OSError(errno.ENOSPC, "No space left on device")
         real_fsync(fd)
 
     with monkeypatch.context() as m:
-        m.setattr(files.os, "fsync", full_disk)
+        m.setattr(os, "fsync", full_disk)
         ckpt = run_dir / "checkpoints" / "last.pt"
-        with pytest.raises(OSError, match=rf"epoch 2/2 could not be saved \(No space left on device: {ckpt}\); "
+        with pytest.raises(OSError, match=rf"epoch 2/2 could not be saved \(No space left on device: {run_dir / full}\); "
                                           rf"{ckpt} keeps epoch 1, and the same command resumes from it once there"):
             train(toy_config("trainer.epochs=2"), run_dir)
     assert not (run_dir / "checkpoints" / "last.pt.tmp").exists()
@@ -164,12 +163,24 @@ def test_our_own_errors_keep_their_message_over_the_os_error_beneath():
     assert message.startswith("could not download mnist") and "hydra.run.dir" not in message
 
 
-def test_a_run_dir_with_quotes_and_spaces_needs_no_quoting(tmp_path):
+@pytest.mark.parametrize("name", ["it's a run", 'a "run"', "two\nlines", "ends in \\", "\\'", "'", "a\\\\'b",
+                                  "'half quoted"])
+def test_a_path_is_taken_verbatim(name):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from neuralode.cli import rewrite_override
+
+    for key, command in (("hydra.run.dir", "train"), ("checkpoint", "eval")):
+        assert OverridesParser.create().parse_override(rewrite_override(f"{key}={name}", command)).value() == name
+
+
+def test_a_run_dir_with_quotes_spaces_a_newline_and_backslashes_needs_no_quoting(tmp_path):
     from runner_helpers import SEARCHPATH, TOY, cli
 
-    result = cli("train", SEARCHPATH, *TOY, "trainer.epochs=1", "hydra.run.dir=it's a run", cwd=tmp_path)
+    name = 'it\'s a "run"\nwith \\ and \\'
+    result = cli("train", SEARCHPATH, *TOY, "trainer.epochs=1", f"hydra.run.dir={name}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "it's a run" / "metrics.jsonl").is_file()
+    assert (tmp_path / name / "metrics.jsonl").is_file()
 
 
 def test_a_checkpoint_path_that_is_a_folder_is_refused_before_training(tmp_path):

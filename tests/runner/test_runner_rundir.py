@@ -1,12 +1,13 @@
 """One process per run dir, and run dir names that stay inside outputs/ and within name limits."""
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 
 import pytest
-from runner_helpers import SEARCHPATH, TOY, cli, toy_config
+from runner_helpers import NEURALODE, SEARCHPATH, TOY, cli, cli_env, run_main, toy_config
 
 from neuralode.config import ConfigError, run_name
 from neuralode.train import train
@@ -99,6 +100,74 @@ def test_a_rejected_command_leaves_no_run_dir_and_never_removes_a_folder_it_did_
     assert sorted(p.name for p in foreign.rglob("*")) == [".hydra", "config.yaml", "notes.txt", "train.log"]
     assert (foreign / "train.log").read_text() == "their log\n"
     assert not (tmp_path / "outputs" / "new").exists() and not (tmp_path / "outputs" / "no_data").exists()
+
+
+def test_lines_logged_before_a_command_is_accepted_reach_train_log_only_once_it_is(tmp_path, monkeypatch, capsys):
+    """A library's warning while the task is built (matplotlib's, with an unwritable HOME) would create train.log,
+    which kept a refused command's new run dir, or add to an existing run's log."""
+    import toy_task
+
+    build = toy_task.build
+
+    def build_after_a_warning(cfg, device):
+        logging.getLogger("some_library").warning("a library's warning")
+        if cfg.task.hidden == 8:
+            raise ConfigError("task.hidden=8 is refused by the task")
+        return build(cfg, device)
+
+    monkeypatch.setattr(toy_task, "build", build_after_a_warning)
+    code, err = run_main(monkeypatch, capsys, tmp_path, "train", SEARCHPATH, *TOY, "task.hidden=8", "hydra.run.dir=new")
+    assert code == 2 and "task.hidden=8 is refused by the task" in err
+    assert not (tmp_path / "new").exists()
+    code, err = run_main(monkeypatch, capsys, tmp_path, "train", SEARCHPATH, *TOY, "trainer.epochs=1", "hydra.run.dir=run")
+    assert code == 0, err
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert log.index("a library's warning") < log.index("epoch 1/1")  # held, then written once accepted
+    code, err = run_main(monkeypatch, capsys, tmp_path, "train", SEARCHPATH, *TOY, "trainer.epochs=1", "task.hidden=8",
+                         "trainer.resume=false", "hydra.run.dir=run")
+    assert code == 2 and (tmp_path / "run" / "train.log").read_text() == log
+
+
+def test_held_lines_of_a_refused_command_are_dropped_even_at_exit(tmp_path):
+    from logging.handlers import MemoryHandler
+
+    from neuralode.cli import _file_log_held
+
+    root, log = logging.getLogger(), tmp_path / "train.log"
+    file_handler = logging.FileHandler(log, delay=True)
+    root.addHandler(file_handler)
+    try:
+        with _file_log_held():
+            logging.getLogger("some_library").warning("held")
+            buffers = [handler for handler in root.handlers if isinstance(handler, MemoryHandler)]
+        for buffer in buffers:
+            buffer.flush()  # what logging.shutdown() does at exit to every handler still referenced
+        assert buffers and not log.exists()
+        with _file_log_held() as release:
+            logging.getLogger("some_library").warning("kept")
+            release()
+            logging.getLogger("some_library").warning("then written as it comes")
+        assert log.read_text() == "kept\nthen written as it comes\n"
+    finally:
+        root.removeHandler(file_handler)
+        file_handler.close()
+
+
+def test_an_unwritable_home_is_named_and_leaves_no_run_dir(tmp_path):
+    """HOME a file (as root, the one way to make it unwritable): matplotlib warns while the task is built, and the
+    download into ~/.cache fails; the command says where it could not download and what to pass instead."""
+    home = tmp_path / "home"
+    home.write_text("not a folder\n")
+    env = {**cli_env(), "HOME": str(home)}
+    for key in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME"):
+        env.pop(key, None)
+    result = subprocess.run([str(NEURALODE), "train", "task=mnist", "data=fashion_mnist", "profile=smoke",
+                             "hydra.run.dir=run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    (line,) = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and line.startswith("neuralode train: error: could not download fashion_mnist into "
+                                                      f"{home}/.cache/neuralode/data"), result.stderr
+    assert "Not a directory" in line and "pass data.root=<folder with the four IDX files>" in line
+    assert "hydra.run.dir" not in line and not (tmp_path / "run").exists()
 
 
 def test_an_empty_run_dir_is_refused_not_the_current_directory(tmp_path):

@@ -61,6 +61,40 @@ def test_resume_continues_exactly(train_toy):
     assert without_timings(resumed) == without_timings(straight)
 
 
+def test_regularisers_are_logged_per_epoch_and_resume_exactly(train_toy):
+    """Each regulariser's value goes to metrics.jsonl and TensorBoard beside the NFE; the Hutchinson probes and STEER's
+    end times come from the checkpointed RNG, so a resumed run equals an uninterrupted one; train_loss stays the
+    task's loss, and the regularised run trains differently from the plain one."""
+    regularize = ("regularize.kinetic=0.1", "regularize.jacobian=0.1", "regularize.steer=0.5")
+    run_dir, straight = train_toy("trainer.epochs=2", *regularize, name="straight")
+    train_toy("trainer.epochs=1", *regularize, name="resumed")
+    _, resumed = train_toy("trainer.epochs=2", *regularize, name="resumed")
+    assert without_timings(resumed) == without_timings(straight)
+    assert all(set(r) == REQUIRED | {"reg_kinetic", "reg_jacobian"} for r in straight)
+    assert all(r["reg_kinetic"] > 0 and r["reg_jacobian"] > 0 for r in straight)
+    _, plain = train_toy("trainer.epochs=2", name="plain")
+    assert [r["train_loss"] for r in plain] != [r["train_loss"] for r in straight]
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir)).Reload()
+    assert [e.value for e in events.Scalars("regularize/kinetic")] == pytest.approx([r["reg_kinetic"] for r in straight])
+    assert [e.value for e in events.Scalars("regularize/jacobian")] == pytest.approx(
+        [r["reg_jacobian"] for r in straight])
+
+
+def test_a_regulariser_no_ode_block_takes_is_refused(train_toy, monkeypatch):
+    """A plug-in task that does not pass ``regularize`` on to its ODE blocks would train unregularised in silence."""
+    import toy_task
+
+    from neuralode.models.regularization import Regularization
+
+    monkeypatch.setattr(toy_task, "regularization_from_config", lambda *args, **kwargs: Regularization())
+    with pytest.raises(ConfigError, match=r"^regularize.kinetic=0.1 is set, but no ODE block of task=toy's model "
+                                          r"takes it; .*\(neuralode/models/regularization.py\), or leave regularize out$"):
+        train_toy("regularize.kinetic=0.1")
+
+
 def test_finished_run_is_not_retrained(train_toy):
     run_dir, records = train_toy("trainer.epochs=1")
     before = (run_dir / "checkpoints" / "last.pt").stat().st_mtime_ns
@@ -82,7 +116,8 @@ def test_checkpoint_from_before_an_added_key_resumes_under_its_old_value(tmp_pat
     train(compose_config(*SPIRAL_RNN, "trainer.epochs=1"), tmp_path)
     ckpt_path = tmp_path / "checkpoints" / "last.pt"
     ckpt = load_checkpoint(ckpt_path)
-    del ckpt["config"]["task"]["lr_cycles"]  # as saved before the key existed
+    del ckpt["config"]["task"]["lr_cycles"]  # as saved before the keys existed
+    del ckpt["config"]["regularize"]
     save_checkpoint(ckpt_path, ckpt)
     with pytest.raises(ConfigError, match=r"another run \(task.lr_cycles: 1 there, 2 now\)"):
         train(compose_config(*SPIRAL_RNN, "trainer.epochs=2", "task.lr_cycles=2"), tmp_path)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from neuralode.models.odeblock import ODEBlock, SolverSpec
+from neuralode.models.regularization import regularization_from_config
 from neuralode.tasks.base import StepOutput
 
 
@@ -37,7 +38,8 @@ class ToyTask:
         self.train_x, self.train_y = x[: self.cfg.n_train].to(device), y[: self.cfg.n_train].to(device)
         self.test_x, self.test_y = x[self.cfg.n_train:].to(device), y[self.cfg.n_train:].to(device)
         solver = SolverSpec.from_config(cfg.solver, default_tol=self.cfg.default_tol)
-        self.model = ODEBlock(Dynamics(self.cfg.hidden), solver).to(device)
+        regularization = regularization_from_config(cfg.get("regularize"), "toy", has_ode=True, steer_end=1.0)
+        self.model = ODEBlock(Dynamics(self.cfg.hidden), solver, regularization=regularization).to(device)
 
     def train_batches(self, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.randperm(self.cfg.n_train).to(self.device)

@@ -12,6 +12,7 @@ from scipy.integrate import solve_ivp
 from solver_helpers import ADAPTIVE, FIXED, MLPDynamics
 
 from neuralode import SOLVERS, SolveStats, odeint
+from neuralode.solvers.names import METHOD_NAMES
 from neuralode.solvers.tableaus import TABLEAUS
 
 
@@ -35,6 +36,11 @@ def test_registry_has_every_method():
     assert set(TABLEAUS) == set(ADAPTIVE) | set(FIXED) and set(TABLEAUS) <= set(SOLVERS)
     # A drop-in: every method name torchdiffeq 0.2.5 accepts.
     assert set(importlib.import_module("torchdiffeq._impl.odeint").SOLVERS) <= set(SOLVERS)
+
+
+def test_the_method_names_are_the_registrys_in_order():
+    # The runner lists solver=<name> options from these names before torch is imported.
+    assert METHOD_NAMES == tuple(SOLVERS)
 
 
 @pytest.mark.parametrize("method", ADAPTIVE)

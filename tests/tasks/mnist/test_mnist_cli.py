@@ -10,6 +10,9 @@ import pytest
 
 from neuralode.models.mnist import MODELS
 
+# The ODE-Net runs with every regulariser (neuralode/models/regularization.py), the RK-Net without.
+REGULARIZE = {"odenet": ("regularize.kinetic=0.01", "regularize.jacobian=0.01", "regularize.steer=0.5")}
+
 
 @pytest.mark.smoke
 @pytest.mark.parametrize("model", MODELS)
@@ -18,7 +21,7 @@ def test_train_smoke(model: str, idx_root: Path, tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "neuralode", "train", "task=mnist", f"model={model}", "solver=dopri5",
            "data=fashion_mnist", f"data.root={idx_root}", "data.download=false", "profile=smoke",
            "data.limit_train=16", "data.limit_test=10", "data.test_batch_size=10", "solver.tol=0.1",
-           "trainer.progress=false",
+           "trainer.progress=false", *REGULARIZE.get(model, ()),
            "device=cpu", f"hydra.run.dir={run_dir}"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -31,6 +34,9 @@ def test_train_smoke(model: str, idx_root: Path, tmp_path: Path) -> None:
         assert (record["nfe_backward"] > 0) == (model == "odenet")  # rknet backpropagates directly
     else:
         assert record["nfe_forward"] == 0
+    assert all((key in record) == (model in REGULARIZE) for key in ("reg_kinetic", "reg_jacobian"))
+    if model in REGULARIZE:
+        assert record["reg_kinetic"] > 0 and record["reg_jacobian"] > 0
     assert (run_dir / "figures" / "confusion_matrix.png").is_file()
 
 

@@ -89,6 +89,22 @@ def test_failed_download_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.M
     assert "\n" not in str(err.value) and "Name or service not known" in str(err.value)
 
 
+def test_failed_download_leaves_no_folders_it_created(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Offline:  # as torchvision does: makes <root>/MNIST/raw, then fails to fetch the first file
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            (Path(root) / "MNIST" / "raw").mkdir(parents=True, exist_ok=True)
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: <urlopen error>")
+
+    monkeypatch.setattr(mnist_data, "torchvision_dataset", lambda name: Offline)
+    existing = tmp_path / "existing"
+    (existing / "MNIST").mkdir(parents=True)
+    for root in (tmp_path / "new" / "data", existing):
+        with pytest.raises(DataError, match="could not download mnist"):
+            load_split("mnist", True, root, tmp_path / "cache", download=True)
+    assert not (tmp_path / "new").exists()  # data.root=/nonexistent leaves no /nonexistent behind
+    assert (existing / "MNIST").is_dir() and not (existing / "MNIST" / "raw").exists()  # what was there stays
+
+
 def test_download_goes_to_cache_when_root_not_writable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     targets: list[str] = []
 

@@ -78,8 +78,10 @@ def test_the_latent_model_trains_on_the_elbo_and_counts_its_solves():
 @pytest.mark.smoke
 @pytest.mark.parametrize("model", ["latent_ode_poisson", "poisson_const"])
 def test_train_smoke(tmp_path: Path, model: str) -> None:
+    # The latent ODE also trains with both regularisers of its dynamics (neuralode/models/regularization.py).
+    regularize = ["regularize.kinetic=0.01", "regularize.jacobian=0.01"] if model == "latent_ode_poisson" else []
     cmd = [sys.executable, "-m", "neuralode", "train", "task=poisson", f"model={model}", "profile=smoke",
-           "trainer.progress=false", "device=cpu", f"hydra.run.dir={tmp_path}"]
+           "trainer.progress=false", "device=cpu", *regularize, f"hydra.run.dir={tmp_path}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -87,4 +89,5 @@ def test_train_smoke(tmp_path: Path, model: str) -> None:
     for key in ("test_nll", "true_nll", "intensity_rmse"):
         assert math.isfinite(record[key]), key
     assert (record["nfe_forward"] > 0) == (model == "latent_ode_poisson")
+    assert all((key in record) == bool(regularize) for key in ("reg_kinetic", "reg_jacobian"))
     assert (tmp_path / "figures" / f"poisson_{model}.png").stat().st_size > 0
