@@ -36,8 +36,6 @@ log = logging.getLogger(__name__)
 BACKEND = "inductor"
 # As rk.py: consecutive rejections for non-finite values before giving up.
 _MAX_NONFINITE_REJECTS = 40
-# Traces kept per method and controller rule (torch's default, 8, is shared by all of them otherwise).
-_RECOMPILE_LIMIT = 32
 # Fallback warnings already given, by method and reason, so that a training run warns once.
 _WARNED: set[tuple[str, str]] = set()
 # Seconds each compilation took, by what it was compiled for (method, shape, dtype, grad mode): the cost that a
@@ -130,19 +128,16 @@ class CompiledStep:
         self.eager = make_step(tableau, ctrl)
         self.compiled = torch.compile(self.eager, fullgraph=True, backend=BACKEND)
         self.failed = False
+        self.seen: set[tuple] = set()  # (shape, dtype, device, grad mode) already compiled, for compile_times()
 
     def __call__(self, counter: Counter, f: Dynamics, norm: Norm, c_time: torch.Tensor, t0: torch.Tensor,
                  y: torch.Tensor, *args: Any) -> tuple:
         if self.failed:
             return self.eager(f, norm, c_time, t0, y, *args)  # f counts its own calls when it runs eagerly
-        kind = (f"{self.name} {tuple(y.shape)} {str(y.dtype).removeprefix('torch.')} on {y.device}"
-                f"{', with grad' if torch.is_grad_enabled() else ''}")
-        start = time.perf_counter() if kind not in _COMPILE_SECONDS else None
+        signature = (y.shape, y.dtype, y.device, torch.is_grad_enabled())
+        start = None if signature in self.seen else time.perf_counter()
         try:
-            # Traced with torch.autograd.grad inside: the adjoint's backward dynamics take a vector-Jacobian product.
-            # Shapes, dtypes and grad modes each need a trace of their own; past the cap, steps are eager.
-            with torch._dynamo.config.patch(trace_autograd_ops=True, recompile_limit=_RECOMPILE_LIMIT):
-                out = self.compiled(f, norm, c_time, t0, y, *args)
+            out = self._run(f, norm, c_time, t0, y, *args)
         except Exception as e:  # noqa: BLE001  (any failure to compile: the eager step does the same work)
             self.failed = True
             _warn_once(self.name, type(e).__name__,
@@ -150,11 +145,24 @@ class CompiledStep:
                        f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no message'}); taking eager steps")
             return self.eager(f, norm, c_time, t0, y, *args)
         if start is not None:
+            self.seen.add(signature)
+            kind = (f"{self.name} {tuple(y.shape)} {str(y.dtype).removeprefix('torch.')} on {y.device}"
+                    f"{', with grad' if signature[-1] else ''}")
             _COMPILE_SECONDS[kind] = time.perf_counter() - start
             log.info("compiled the %s step in %.1f s", kind, _COMPILE_SECONDS[kind])
         # Inside the compiled program f does not count its calls (counted() skips while compiling).
         counter.nfe += self.evaluations
         return out
+
+    def _run(self, *args: Any) -> tuple:
+        try:
+            return self.compiled(*args)
+        except torch._dynamo.exc.Unsupported:
+            # The adjoint's backward dynamics take a vector-Jacobian product with torch.autograd.grad, which dynamo
+            # traces only when asked. Asked here, on a failed trace, rather than on every call: patching the
+            # config costs more than a small step.
+            with torch._dynamo.config.patch(trace_autograd_ops=True):
+                return self.compiled(*args)
 
 
 _STEPS: dict[tuple, CompiledStep] = {}

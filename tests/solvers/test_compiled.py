@@ -95,17 +95,24 @@ def test_solves_with_step_t_take_eager_steps_after_one_warning(fresh_steps):
 
 
 def test_traced_step_counts_evaluations_and_is_traced_once(monkeypatch, fresh_steps):
-    """The step traced by dynamo (aot_eager: no code generation): its evaluations of f are counted once each, and
-    a second solve (a new closure around the same dynamics) reuses the trace."""
+    """The step traced by dynamo (aot_eager: no code generation): its evaluations of f are counted once each, a
+    second solve (a new closure around the same dynamics) reuses the trace, and the adjoint's backward dynamics
+    (a torch.autograd.grad inside) are traced too, without falling back."""
     from torch._dynamo.utils import counters
 
     monkeypatch.setattr(compiled, "BACKEND", "aot_eager")
     counters.clear()
-    _assert_agree("dopri5", "forward", torch.float64, 1e-12)
-    graphs = counters["stats"]["unique_graphs"]
-    _assert_agree("dopri5", "forward", torch.float64, 1e-12)
-    assert counters["stats"]["unique_graphs"] == graphs == 1
-    assert any(kind.startswith("dopri5 (6,) float64") for kind in compiled.compile_times())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _assert_agree("dopri5", "forward", torch.float64, 1e-12)
+        graphs = counters["stats"]["unique_graphs"]
+        _assert_agree("dopri5", "forward", torch.float64, 1e-12)
+        assert counters["stats"]["unique_graphs"] == graphs == 1
+        _assert_agree("dopri5", "adjoint", torch.float64, 1e-12)
+    assert not compiled._STEPS[next(iter(compiled._STEPS))].failed
+    kinds = compiled.compile_times()
+    assert any(kind.startswith("dopri5 (6,) float64") for kind in kinds)
+    assert any(kind.startswith("dopri5 (94,) float64") for kind in kinds)  # [y, dL/dy, dL/dparams]
 
 
 @pytest.mark.slow
