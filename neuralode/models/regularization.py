@@ -9,9 +9,11 @@
 
 Both integrals ride along in the same solve as one extra part of the state, ``(batch, n_integrals)``, so
 they work with the adjoint and with backpropagation through the solver alike. They do not steer the step
-size: the forward solve's error norm (adaptive methods) measures only the model's own state, as FFJORD and
-RNODE do with their unbounded tolerances on the regulariser states, so a regularised solve takes the steps
-its dynamics need and its NFE measures what the regulariser bought.
+size: the forward solve's error norm (the adaptive RK methods' ``norm`` option; SciPy's solvers measure the
+whole state) covers only the model's own state, as FFJORD and RNODE do with their unbounded tolerances on the
+regulariser states, so a regularised solve takes the steps its dynamics need and its NFE measures what the
+regulariser bought. An NFE counts one evaluation of the augmented dynamics: with the Jacobian term it includes
+one vector-Jacobian product (autograd, or the CNF's closed form).
 
 Normalisation: per sample, the integrand is a mean over the state's elements, ‖f‖²/D and ‖εᵀ∂f/∂z‖²/D with D
 the number of elements of one sample's state (2 for a 2-D CNF, 64·6·6 for the ODE-Net's feature map), so one
