@@ -201,3 +201,9 @@ def test_the_demo_fixes_its_thread_count():
     """The README's demo accuracy was measured on 2 threads; another count sums in another order."""
     cfg = compose_config("task=mnist", "data=digits", "profile=demo")
     assert cfg.trainer.threads == 2
+
+
+def test_the_dynamics_profiles_train_on_one_thread():
+    """Its 50-unit MLP's ops are too small to split: a second thread only waits (20x the CPU per step at load 13)."""
+    for profile in ("smoke", "demo", "quick", "full"):
+        assert compose_config("task=dynamics", f"profile={profile}").trainer.threads == 1, profile
