@@ -27,5 +27,9 @@ class CheckpointError(NeuralodeError, ValueError):
     """A checkpoint is missing, unreadable or not one of ours."""
 
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "MaxNumStepsError", "NeuralodeError", "NonFiniteError",
+class RunDirBusy(NeuralodeError, ValueError):
+    """Another process is training into the run dir."""
+
+
+__all__ = ["CheckpointError", "ConfigError", "DataError", "MaxNumStepsError", "NeuralodeError", "NonFiniteError", "RunDirBusy",
            "SolverError", "StepUnderflowError"]

@@ -8,13 +8,11 @@ import re
 from pathlib import Path
 from types import TracebackType
 
+from neuralode.errors import RunDirBusy
+
 LOCK_NAME = ".lock"
 # Most file systems cap one name at 255 bytes; longer override lists keep a readable head and a hash.
 MAX_NAME_BYTES = 200
-
-
-class RunDirBusy(ValueError):
-    """Another process is training into the run dir."""
 
 
 class RunDirLock:
