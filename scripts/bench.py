@@ -111,6 +111,10 @@ class TorchdiffeqBlock(nn.Module):
         super().__init__()
         self.func, self.spec = func, spec
 
+    def end_time(self, nominal: float) -> float:
+        """No STEER regulariser on this side: the span ends where it is asked to (the CNF calls this)."""
+        return nominal
+
     def forward(self, y0, t: torch.Tensor | None = None, *, last_only: bool = True):
         import torchdiffeq
 

@@ -70,3 +70,20 @@ def test_peer_case_reports_a_missing_library_and_the_errors_of_the_others(monkey
     assert row["neuralode"]["ms"] > 0 and 0 < row["neuralode"]["rel_err"] < 1e-2  # tolerance 1e-5 over 200 outputs
     table = bench_peers.table([row], ("neuralode", "diffrax"))
     assert "| vdp_joint | " in table and "| not installed |" in table
+
+
+def test_every_case_builds_and_both_sides_run_once():
+    """Each registered case at --quick size: both libraries' forward runs and gives the same shape (a case that
+    only a full bench run reaches must not break unseen, as the CNF case once did)."""
+    import torch
+
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        import bench
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    for c in bench.CASES:
+        w = c.build(torch.device("cpu"), True, c.adjoint)
+        ours, theirs = w.ours.forward(), w.theirs.forward()
+        assert ours.shape == theirs.shape, c.name
+        assert torch.isfinite(ours).all() and torch.isfinite(theirs).all(), c.name
