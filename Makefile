@@ -39,14 +39,16 @@ else
 	$(NEURALODE) train task=mnist model=odenet solver=dopri5 data=$(DATA) $(or $(DEMO_ARGS_$(DATA)),profile=smoke) $(if $(DATA_ROOT),data.root=$(DATA_ROOT))
 endif
 
+# Tests run in one worker per core (pytest-xdist); TEST_WORKERS=0 runs them in this process (pdb, -x).
+TEST_WORKERS ?= auto
 test: ## Fast tests plus CLI smoke runs (what CI runs)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 lint: ## ruff, with the project's rules (pyproject.toml)
 	$(VENV)/bin/ruff check neuralode scripts tests
 
 test-all: ## Every test, slow ones included
-	$(PY) -m pytest -q -m ""
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m ""
 
 bench-quick: ## Side-by-side benchmark vs torchdiffeq, small sizes (CPU)
 	$(PY) scripts/bench.py --quick
