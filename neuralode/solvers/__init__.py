@@ -10,7 +10,14 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-from neuralode.solvers.errors import MaxNumStepsError, NeuralodeError, NonFiniteError, SolverError, StepUnderflowError
+from neuralode.solvers.errors import (
+    MaxNumStepsError,
+    NeuralodeError,
+    NonFiniteError,
+    SolverError,
+    StepUnderflowError,
+    UnsupportedError,
+)
 
 if TYPE_CHECKING:
     from neuralode.solvers.adjoint import odeint_adjoint
@@ -23,7 +30,7 @@ _LAZY = {"odeint_adjoint": "adjoint", "odeint": "odeint", "odeint_event": "odein
          "SolveStats": "stats"}
 
 __all__ = ["SOLVERS", "MaxNumStepsError", "NeuralodeError", "NonFiniteError", "SolveStats", "SolverError",
-           "StepUnderflowError", "odeint", "odeint_adjoint", "odeint_event"]
+           "StepUnderflowError", "UnsupportedError", "odeint", "odeint_adjoint", "odeint_event"]
 
 
 def __getattr__(name: str) -> Any:
