@@ -134,7 +134,7 @@ def build_sample_problem(y0: torch.Tensor, t: Any, rtol: ToleranceArg, atol: Tol
 class SampleDynamics:
     """The user's ``func`` on the ``(B, M)`` state in the solver's time, counting its calls. ``func`` gets the
     caller's times as a ``(B,)`` tensor in the state's dtype, or as a 0-d tensor while every sample is at the same
-    time (``shared``, set by the loop before each step)."""
+    time and ``t`` needs no gradient (``shared``, set by the loop before each step)."""
 
     def __init__(self, func: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], shape: torch.Size,
                  sign: float | torch.Tensor, counter: Counter) -> None:
@@ -186,7 +186,10 @@ class _SampleRun:
         self.t_out, self.end, self.tn = prob.t.T, prob.t[:, -1], prob.t[:, 0]
         self.y, self.out = y0, y0.expand(prob.t.shape[1], *y0.shape)
         self.index = torch.arange(prob.t.shape[1], device=y0.device)[:, None]
-        f.shared = bool((self.tn == self.tn[0]).all()) and isinstance(prob.sign, float)
+        # One time for the batch where each sample's time is that time: not where the samples' times carry gradients
+        # of their own (a (B, T) t), which the first sample's would take.
+        self.may_share = prob.t.shape[0] == 1 or (isinstance(prob.sign, float) and not prob.t.requires_grad)
+        f.shared = self.may_share and bool((self.tn == self.tn[0]).all())
         self.f0 = f(self.tn[:, None], y0)
         f.shared = False
         zeros = torch.zeros(y0.shape[0], dtype=torch.long, device=y0.device)
@@ -234,8 +237,7 @@ class _SampleRun:
         options = self.prob.options
         over = (self.interval > (options.get("max_num_steps") or math.inf)) | \
             (self.attempted > (options.get("max_steps_per_solve") or math.inf))
-        shared = (self.tn == self.tn[0]).all() & (dt == dt[0]).all() & (self.t_out.shape[1] == 1
-                                                                        or isinstance(self.prob.sign, float))
+        shared = (self.tn == self.tn[0]).all() & (dt == dt[0]).all() & self.may_share
         flags = torch.stack([self.active.any(), (over & self.active).any(), (self.nonfinite > MAX_NONFINITE_REJECTS).any(),
                              (self.active & (t1 == self.tn)).any(), shared]).tolist()
         running, over_cap, failed, underflow, same = flags
