@@ -63,8 +63,7 @@ def odeint(func: Callable[[torch.Tensor, State], State], y0: State, t: torch.Ten
         check_method(resolve_method(method), options, event_fn)
         ys, counter, counts = odeint_per_sample(func, y0, t, rtol, atol, resolve_method(method), options)
         if stats is not None:
-            stats.record(counter.nfe, counter.accepted, counter.rejected, "forward")
-            stats.per_sample_forward = counts
+            stats.record(counter.nfe, counter.accepted, counter.rejected, "forward", counts)
         return ys
     prob = build_problem(y0, t, rtol, atol, resolve_method(method), options)
     counter = Counter()

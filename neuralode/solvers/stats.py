@@ -18,6 +18,9 @@ class SampleCounts:
     accepted: torch.Tensor
     rejected: torch.Tensor
 
+    def __add__(self, other: SampleCounts) -> SampleCounts:
+        return SampleCounts(self.nfe + other.nfe, self.accepted + other.accepted, self.rejected + other.rejected)
+
 
 @dataclass
 class SolveStats:
@@ -26,8 +29,8 @@ class SolveStats:
     ``*_forward`` counts the forward solve(s); ``*_backward`` the adjoint (backward) solve(s).
     With direct backpropagation through the solver there is no backward solve, so those stay 0.
     ``per_sample_forward``/``per_sample_backward``: the per-sample counts of the latest per-sample solve of that
-    phase (None until one ran); the totals above count its batch-wide calls and steps (a step counts once however
-    many samples took it).
+    phase (a backward solve's summed over its output intervals; None until one ran). For such a solve ``nfe_*``
+    counts the calls of ``func`` (each evaluates the whole batch) and ``steps_*`` the samples' steps, summed.
     """
 
     nfe_forward: int = 0
@@ -47,8 +50,12 @@ class SolveStats:
             setattr(self, name, 0)
         self.per_sample_forward = self.per_sample_backward = None
 
-    def record(self, nfe: int, accepted: int, rejected: int, phase: str) -> None:
-        """Add one solve's counts to the ``phase`` (``"forward"`` or ``"backward"``) counters."""
+    def record(self, nfe: int, accepted: int, rejected: int, phase: str, per_sample: SampleCounts | None = None
+               ) -> None:
+        """Add one solve's counts to the ``phase`` (``"forward"`` or ``"backward"``) counters; a per-sample solve's
+        ``per_sample`` counts become that phase's latest."""
+        if per_sample is not None:
+            setattr(self, f"per_sample_{phase}", per_sample)
         setattr(self, f"nfe_{phase}", getattr(self, f"nfe_{phase}") + nfe)
         setattr(self, f"steps_accepted_{phase}", getattr(self, f"steps_accepted_{phase}") + accepted)
         setattr(self, f"steps_rejected_{phase}", getattr(self, f"steps_rejected_{phase}") + rejected)
