@@ -28,7 +28,7 @@ from neuralode.solvers.controller import MAX_NONFINITE_REJECTS, initial_step, ma
 from neuralode.solvers.errors import MaxNumStepsError, NonFiniteError, StepUnderflowError, UnsupportedError
 from neuralode.solvers.norms import Norm, Tolerance
 from neuralode.solvers.problem import Method
-from neuralode.solvers.rk import AdaptiveRK, ExplicitRKStepper, RKStep
+from neuralode.solvers.rk import AdaptiveRK, ExplicitRKStepper, FixedGridRK, RKStep, combine, stage_derivatives
 from neuralode.solvers.stats import SampleCounts
 from neuralode.solvers.structure import StateStructure
 
@@ -36,7 +36,8 @@ from neuralode.solvers.structure import StateStructure
 PER_SAMPLE_OPTIONS = ("first_step", "safety", "ifactor", "dfactor", "min_step", "max_step", "max_num_steps",
                       "max_steps_per_solve", "controller", "dtype")
 SUPPORTED = ("per_sample=True supports the explicit adaptive Runge-Kutta methods (dopri5, bosh3, adaptive_heun, "
-             "fehlberg2, dopri8, tsit5, ...) on a real tensor y0 of shape (B, ...)")
+             "fehlberg2, dopri8, tsit5, ...) and the fixed-grid ones on each sample's t (euler, midpoint, rk4, ...), "
+             "on a real tensor y0 of shape (B, ...)")
 
 
 def row_rms(x: torch.Tensor) -> torch.Tensor:
@@ -73,16 +74,19 @@ def split_per_sample(options: Mapping[str, Any] | None) -> tuple[Mapping[str, An
     return {k: v for k, v in options.items() if k != "per_sample"}, flag
 
 
-def check_method(method: Method, options: Mapping[str, Any] | None, event_fn: Callable | None) -> None:
+def check_method(method: Method, options: Mapping[str, Any] | None, event_fn: Callable | None,
+                 adaptive_only: bool = False) -> None:
     """Refuse what a per-sample solve cannot do, naming what it can."""
-    if not isinstance(method, AdaptiveRK):
-        raise UnsupportedError(f"{SUPPORTED}; got method {method.name!r}")
+    if not isinstance(method, AdaptiveRK) and (adaptive_only or not isinstance(method, FixedGridRK)):
+        supported = "the explicit adaptive Runge-Kutta methods" if adaptive_only else SUPPORTED
+        raise UnsupportedError(f"{supported}; got method {method.name!r}")
     if event_fn is not None:
         raise UnsupportedError(f"{SUPPORTED}, without event_fn; solve with per_sample=False to stop at an event")
-    refused = [key for key in ("step_t", "jump_t", "compile", "norm") if key in (options or {})]
+    supported = PER_SAMPLE_OPTIONS if isinstance(method, AdaptiveRK) else ()
+    refused = [key for key in (options or {}) if key not in supported]
     if refused:
         raise UnsupportedError(f"{SUPPORTED}; options {', '.join(map(repr, refused))} are not supported with it "
-                               f"(supported: {', '.join(PER_SAMPLE_OPTIONS)})")
+                               f"for method {method.name!r} (supported: {', '.join(supported) or 'none'})")
 
 
 def sample_times(t: Any, batch: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, list[list[float]]]:
@@ -123,10 +127,12 @@ def build_sample_problem(y0: torch.Tensor, t: Any, rtol: ToleranceArg, atol: Tol
     batch = y0.shape[0]
     tols = [check_tolerance(name, value, structure) for name, value in (("rtol", rtol), ("atol", atol))]
     rtol, atol = (tol.view(batch, -1) if torch.is_tensor(tol) else tol for tol in tols)
-    if not (torch.is_tensor(rtol) or torch.is_tensor(atol)) and rtol == atol == 0:
+    if method.adaptive and not (torch.is_tensor(rtol) or torch.is_tensor(atol)) and rtol == atol == 0:
         raise ValueError(f"rtol and atol cannot both be 0 for the adaptive method {method.name!r}")
     opts = check_options(method, options)
     t, t_host = sample_times(t, batch, solve_time_dtype(method, opts, y0.dtype), y0.device)
+    if not method.adaptive:  # steps on each sample's t as it is, forwards or backwards
+        return SampleProblem(method, t, 1.0, rtol, atol, opts), t_host
     s, sign = orientation(t, t_host)
     return SampleProblem(method, s, sign, rtol, atol, opts), t_host
 
@@ -153,6 +159,23 @@ class SampleDynamics:
             raise ValueError(f"func(t, y) returned {got} but the state has shape {tuple(self.shape)}")
         dy = dy.reshape(y.shape)
         return dy if self.forward_only else self.sign * dy
+
+
+def march_per_sample(prob: SampleProblem, f: SampleDynamics, y0: torch.Tensor, counter: Counter
+                     ) -> tuple[torch.Tensor, SampleCounts]:
+    """A fixed-grid method's steps on each sample's own ``t`` (``(B, T)``), all samples at once: ``(T, B, M)``."""
+    tensors = prob.method.tableau.tensors(y0.dtype, y0.device)
+    c, t = tensors["c"].view(-1, 1, 1), prob.t
+    # While every sample steps on the same times and they need no gradient, func gets them as one 0-d time.
+    f.shared = not t.requires_grad and bool((t == t[:1]).all())
+    states = [y0]
+    for k in range(t.shape[1] - 1):
+        t0, dt = t[:, k, None], (t[:, k + 1] - t[:, k])[:, None]
+        stages = stage_derivatives(tensors["a_rows"], f, t0 + c * dt, states[-1], dt, f(t0, states[-1]))
+        states.append(states[-1] + dt * combine(tensors["b"], stages))
+    counter.accepted += len(y0) * (t.shape[1] - 1)
+    steps = torch.full((len(y0),), t.shape[1] - 1, dtype=torch.long, device=y0.device)
+    return torch.stack(states), SampleCounts(torch.full_like(steps, counter.nfe), steps, torch.zeros_like(steps))
 
 
 def solve_per_sample(prob: SampleProblem, f: SampleDynamics, y0: torch.Tensor, counter: Counter,
@@ -332,6 +355,7 @@ def odeint_per_sample(func: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     prob, _ = build_sample_problem(y0, t, rtol, atol, method, options)
     counter = Counter()
     f = SampleDynamics(func, y0.shape, prob.sign, counter)
-    ys, counts = solve_per_sample(prob, f, y0.reshape(y0.shape[0], -1), counter)
+    solve = solve_per_sample if method.adaptive else march_per_sample
+    ys, counts = solve(prob, f, y0.reshape(y0.shape[0], -1), counter)
     return ys.reshape(ys.shape[:1] + y0.shape), counter, counts
 

@@ -143,7 +143,7 @@ def odeint_adjoint_per_sample(func: Callable, y0: torch.Tensor, t: torch.Tensor,
     ``per_sample``); ``adjoint``: its ``adjoint_rtol``, ``adjoint_atol``, ``adjoint_method`` and
     ``adjoint_options`` (None where not given)."""
     forward_method = resolve_method(method)
-    check_method(forward_method, options, None)
+    check_method(forward_method, options, None, adaptive_only=True)
     prob, _ = build_sample_problem(y0, t, rtol, atol, forward_method, options)
     adj_method = resolve_method(adjoint["adjoint_method"] or forward_method.name, "adjoint_method")
     adj_options = adjoint["adjoint_options"]
@@ -155,7 +155,7 @@ def odeint_adjoint_per_sample(func: Callable, y0: torch.Tensor, t: torch.Tensor,
     if norm not in (None, "seminorm"):
         raise UnsupportedError(f"with per_sample=True, adjoint_options['norm'] must be 'seminorm' or left out, got "
                                f"{norm!r}")
-    check_method(adj_method, adj_options, None)
+    check_method(adj_method, adj_options, None, adaptive_only=True)
     tols = []
     for name, forward_tol in (("rtol", prob.rtol), ("atol", prob.atol)):
         given = adjoint[f"adjoint_{name}"]

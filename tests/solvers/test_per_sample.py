@@ -125,7 +125,7 @@ def test_gradients_by_backpropagation():
 
 
 @pytest.mark.parametrize("method, kwargs", [
-    ("rk4", {}), ("radauIIA5", {}), ("implicit_adams", {}), ("scipy_solver", {}),
+    ("radauIIA5", {}), ("implicit_adams", {}), ("scipy_solver", {}),
     ("dopri5", dict(options=dict(per_sample=True, step_t=[0.5]))),
     ("dopri5", dict(options=dict(per_sample=True, compile=True))),
     ("dopri5", dict(options=dict(per_sample=True, norm=lambda y: y.abs().max()))),
@@ -209,3 +209,21 @@ def test_adjoint_refuses_what_it_does_not_support():
     with pytest.raises(UnsupportedError, match="'seminorm' or left out"):
         odeint_adjoint(TimeScaledNet(), torch.ones(2, 2, dtype=torch.float64), torch.tensor([0.0, 1.0]),
                        options=dict(per_sample=True), adjoint_options=dict(norm=lambda z: z[1].abs().max()))
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "rk4"])
+def test_fixed_grid_methods_step_on_each_samples_grid(method):
+    rates = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    y0 = torch.tensor([[1.0, -1.0], [2.0, 0.5]], dtype=torch.float64)
+    t = torch.tensor([[0.0, 0.1, 0.3, 0.4], [1.0, 0.8, 0.75, 0.5]], dtype=torch.float64)
+    stats = SolveStats()
+    ys = odeint(lambda s, y: -rates[:, None] * y * (1 + s[:, None]), y0, t, method=method,
+                options=dict(per_sample=True), stats=stats)
+    for b in range(2):
+        alone = odeint(lambda s, y: -rates[b] * y * (1 + s), y0[b], t[b], method=method)
+        assert torch.allclose(ys[:, b], alone, rtol=0, atol=1e-14)
+    assert stats.per_sample_forward.accepted.tolist() == [3, 3]
+    with pytest.raises(UnsupportedError, match="'step_size' are not supported"):
+        odeint(lambda s, y: -y, y0, t, method=method, options=dict(per_sample=True, step_size=0.1))
+    with pytest.raises(UnsupportedError, match="adaptive Runge-Kutta methods; got method"):
+        odeint_adjoint(TimeScaledNet(), y0, t, method=method, options=dict(per_sample=True))
