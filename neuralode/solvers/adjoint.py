@@ -240,6 +240,7 @@ def odeint_adjoint(func: Callable[[torch.Tensor, State], State], y0: State, t: t
     ``stats`` during ``backward()``. ``func.callback_step_adjoint`` (and ``_accept_``/``_reject_``) are called
     during the backward solve with that tuple as the state. ``event_fn``: as in ``odeint``; gradients then flow
     over ``[t0, event_t]`` with the event time held fixed (``odeint_event`` adds its dependence).
+    ``options['per_sample']=True``: see :mod:`neuralode.solvers.per_sample_adjoint`.
     """
     params, all_given = _integrated_params(func, adjoint_params)
     options, per_sample = split_per_sample(options)

@@ -7,7 +7,9 @@ the clipping to ``step_t``/``jump_t`` and the last output time that wraps either
 
 A controller works on host floats: the solver fetches the error ratio of each attempted step from
 the device once (that single sync decides accept/reject anyway), and the decision (accept or reject, the next
-step size, a status) follows from it without touching the device again.
+step size, a status) follows from it without touching the device again. A per-sample solve
+(:mod:`.per_sample`) decides for every sample at once on the device, by the same rules
+(:meth:`StepController.decide_per_sample`).
 """
 from __future__ import annotations
 

@@ -57,6 +57,9 @@ def odeint(func: Callable[[torch.Tensor, State], State], y0: State, t: torch.Ten
     ``[t0, t1]`` (only its direction counts) and the result is ``(event_t, states at [t0, event_t])``;
     gradients reach the states with ``event_t`` held fixed (:func:`~neuralode.solvers.events.odeint_event`
     adds the event time's own dependence). ``stats``: NFE and accepted/rejected steps are added into it.
+
+    ``options['per_sample']=True`` solves every sample (the first dimension of a tensor ``y0``) on its own steps,
+    with ``t`` of shape ``(T,)`` or ``(B, T)``: see :mod:`neuralode.solvers.per_sample`.
     """
     options, per_sample = split_per_sample(options)
     if per_sample:

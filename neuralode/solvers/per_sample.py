@@ -7,7 +7,8 @@ Each attempted step is taken by the whole batch at once with the explicit RK ste
 (:meth:`~neuralode.solvers.controller.StepController.decide_per_sample`). A sample follows the rules of the joint
 loop (:mod:`.adaptive`), so that it takes the steps it would take if solved alone: the same first step, the same
 landing on its last output time, outputs from the dense output. A finished sample is frozen: it takes steps of
-size 0 (``func`` still sees it, at its final time and state) and its results no longer change.
+size 0 (``func`` still sees it, at its final time and state) and its results no longer change. The fixed-grid
+explicit methods step on each sample's own ``t`` row (:func:`march_per_sample`).
 
 Host synchronisation: one read per attempted step, of a few flags (any sample still running, any failed, whether
 all samples share the step's times); nothing is read per sample.
@@ -22,8 +23,8 @@ from typing import Any
 
 import torch
 
-from neuralode.solvers.arguments import ToleranceArg, check_options, check_tolerance, solve_time_dtype
-from neuralode.solvers.common import Counter, hermite
+from neuralode.solvers.arguments import CALLBACK_NAMES, ToleranceArg, check_options, check_tolerance, solve_time_dtype
+from neuralode.solvers.common import Counter, hermite, warn_caller
 from neuralode.solvers.controller import MAX_NONFINITE_REJECTS, initial_step, make_controller
 from neuralode.solvers.errors import MaxNumStepsError, NonFiniteError, StepUnderflowError, UnsupportedError
 from neuralode.solvers.norms import Norm, Tolerance
@@ -353,6 +354,9 @@ def odeint_per_sample(func: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     """:func:`~neuralode.solvers.odeint.odeint` with ``per_sample=True`` (``options`` without it): the states
     ``(T, *y0.shape)``, the batch-wide counts and each sample's."""
     prob, _ = build_sample_problem(y0, t, rtol, atol, method, options)
+    hooks = [name for name in CALLBACK_NAMES if getattr(func, name, None) is not None]
+    if hooks:
+        warn_caller(f"per_sample=True does not call {', '.join(hooks)} (ignored)")
     counter = Counter()
     f = SampleDynamics(func, y0.shape, prob.sign, counter)
     solve = solve_per_sample if method.adaptive else march_per_sample

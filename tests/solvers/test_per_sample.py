@@ -147,6 +147,20 @@ def test_bad_input_gets_one_line():
         odeint(f, torch.ones(2, 1), torch.tensor([[0.0, 1.0], [0.0, 0.0]]), options=dict(per_sample=True))
     with pytest.raises(ValueError, match="per_sample.*True or False"):
         odeint(f, torch.ones(2, 1), torch.tensor([0.0, 1.0]), options=dict(per_sample=1))
+    with pytest.raises(UnsupportedError, match="real tensor y0"):
+        odeint(f, torch.ones(2, 1, dtype=torch.complex128), torch.tensor([0.0, 1.0]), options=dict(per_sample=True))
+
+
+def test_step_hooks_are_not_called_and_a_warning_says_so():
+    calls = []
+
+    def f(s, y):
+        return -y
+
+    f.callback_step = lambda t0, y0, dt: calls.append(t0)
+    with pytest.warns(UserWarning, match="does not call callback_step"):
+        odeint(f, torch.ones(2, 1), torch.tensor([0.0, 1.0]), options=dict(per_sample=True))
+    assert calls == []
 
 
 def test_caps_and_failures_name_the_sample():
