@@ -329,7 +329,8 @@ class _SampleRun:
             return hermite(theta, step.h, step.y0, step.y1, step.f0, f1)
         powers = torch.stack([theta ** (j + 1) for j in range(stepper.dense.shape[1])], dim=-1)  # (T, B, degree)
         k = torch.cat([step.k, f1[None]]) if stepper.dense.shape[0] > step.k.shape[0] else step.k
-        return step.y0 + step.h * torch.einsum("tbs,sbm->tbm", powers @ stepper.dense.T, k)
+        weights = powers @ stepper.dense.T  # (T, B, stages): one batched product per sample below
+        return step.y0 + step.h * torch.bmm(weights.transpose(0, 1), k.transpose(0, 1)).transpose(0, 1)
 
     def first(self, mask: torch.Tensor) -> int:
         """The first sample where ``mask`` holds (an error path: a sync is fine)."""
