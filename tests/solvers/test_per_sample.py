@@ -241,3 +241,21 @@ def test_fixed_grid_methods_step_on_each_samples_grid(method):
         odeint(lambda s, y: -y, y0, t, method=method, options=dict(per_sample=True, step_size=0.1))
     with pytest.raises(UnsupportedError, match="adaptive Runge-Kutta methods; got method"):
         odeint_adjoint(TimeScaledNet(), y0, t, method=method, options=dict(per_sample=True))
+
+
+def test_one_host_read_per_attempted_step(monkeypatch):
+    mu, y0 = vdp_batch()
+    t = torch.linspace(0, 3, 7, dtype=torch.float64)
+    reads = []
+    for name in ("tolist", "item", "__bool__", "__int__", "__float__"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _original=original, _name=name:
+                            reads.append(_name) or _original(self, *a))
+    stats = SolveStats()
+    odeint(van_der_pol(mu), y0, t, rtol=1e-6, atol=1e-8, options=dict(per_sample=True), stats=stats)
+    monkeypatch.undo()
+    counts = stats.per_sample_forward
+    attempts = int((counts.accepted + counts.rejected).max())
+    # The loop's reads (one per attempt, one more to see all done) and a handful per solve: checking t, the
+    # first step, the totals.
+    assert attempts + 1 <= len(reads) <= attempts + 1 + 6
