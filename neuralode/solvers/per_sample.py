@@ -60,6 +60,7 @@ class SampleProblem:
     atol: Tolerance
     options: dict[str, Any]
     norm: Norm = row_rms
+    first_step: torch.Tensor | None = None  # each sample's first step (else options['first_step'] or estimated)
 
     def replace(self, **changes: Any) -> SampleProblem:
         return dataclasses.replace(self, **changes)
@@ -193,6 +194,7 @@ def solve_per_sample(prob: SampleProblem, f: SampleDynamics, y0: torch.Tensor, c
     accepted, rejected = torch.stack([run.accepted.sum(), run.rejected.sum()]).tolist()
     counter.accepted += accepted
     counter.rejected += rejected
+    counter.next_step = run.h
     return run.out, SampleCounts(run.nfe, run.accepted, run.rejected)
 
 
@@ -225,8 +227,11 @@ class _SampleRun:
         self.nfe = zeros + (counter.nfe - nfe_before)  # f(t0) and the first step's estimate: every sample's
 
     def first_step(self) -> torch.Tensor:
-        """``options['first_step']``, else each sample's own estimate as the joint loop makes it."""
+        """``first_step``, else ``options['first_step']``, else each sample's own estimate as the joint loop makes
+        it."""
         prob = self.prob
+        if prob.first_step is not None:
+            return prob.first_step
         if prob.options.get("first_step") is not None:
             return torch.full_like(self.tn, float(prob.options["first_step"])).detach()
         with torch.no_grad():

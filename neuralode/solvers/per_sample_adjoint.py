@@ -74,6 +74,8 @@ class _Backward:
         times = t.to(self.forward.t.dtype).expand(self.forward.t.shape).T  # (T, B): the caller's, in time's dtype
         m = ys.shape[2]
         counter, counts = Counter(), None
+        # As in the joint adjoint: each interval after the first starts every sample on the step it ended with.
+        carry = self.backward.options.get("first_step") is None
         with torch.no_grad():
             a, g = grad_ys[-1].clone(), ys.new_zeros(ys.shape[1], sum(self.p_sizes))
             grad_t = torch.zeros_like(times) if need_t else None
@@ -83,8 +85,8 @@ class _Backward:
                 pair = torch.stack([times[i], times[i - 1]], dim=1)
                 s, sign = orientation(pair, pair.tolist())
                 f = SampleDynamics(self.augmented, (ys.shape[1], 2 * m + g.shape[1]), sign, counter)
-                z, interval = solve_per_sample(self.backward.replace(t=s, sign=sign), f,
-                                               torch.cat([ys[i], a, g], dim=1), counter, land=True)
+                interval_prob = self.backward.replace(t=s, sign=sign, first_step=counter.next_step if carry else None)
+                z, interval = solve_per_sample(interval_prob, f, torch.cat([ys[i], a, g], dim=1), counter, land=True)
                 counts = interval if counts is None else counts + interval
                 a, g = z[-1, :, m:2 * m] + grad_ys[i - 1], z[-1, :, 2 * m:]
             if need_t:  # moving t_0 shifts every later output by -Phi f(t_0, y_0)
