@@ -10,14 +10,7 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-from neuralode.solvers.errors import (
-    MaxNumStepsError,
-    NeuralodeError,
-    NonFiniteError,
-    SolverError,
-    StepUnderflowError,
-    UnsupportedError,
-)
+from neuralode.solvers.errors import MaxNumStepsError, NeuralodeError, NonFiniteError, SolverError, StepUnderflowError
 
 if TYPE_CHECKING:
     from neuralode.solvers.adjoint import odeint_adjoint
@@ -30,7 +23,7 @@ _LAZY = {"odeint_adjoint": "adjoint", "odeint": "odeint", "odeint_event": "odein
          "SolveStats": "stats"}
 
 __all__ = ["SOLVERS", "MaxNumStepsError", "NeuralodeError", "NonFiniteError", "SolveStats", "SolverError",
-           "StepUnderflowError", "UnsupportedError", "odeint", "odeint_adjoint", "odeint_event"]
+           "StepUnderflowError", "odeint", "odeint_adjoint", "odeint_event"]
 
 
 def __getattr__(name: str) -> Any:

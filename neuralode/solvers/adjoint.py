@@ -30,7 +30,7 @@ from neuralode.solvers.arguments import (
 )
 from neuralode.solvers.common import Counter
 from neuralode.solvers.norms import MixedNorm, Norm, PairModulus
-from neuralode.solvers.per_sample import check_method, split_per_sample
+from neuralode.solvers.per_sample import split_per_sample
 from neuralode.solvers.per_sample_adjoint import odeint_adjoint_per_sample
 from neuralode.solvers.problem import Problem
 from neuralode.solvers.registry import resolve_method
@@ -245,11 +245,9 @@ def odeint_adjoint(func: Callable[[torch.Tensor, State], State], y0: State, t: t
     params, all_given = _integrated_params(func, adjoint_params)
     options, per_sample = split_per_sample(options)
     if per_sample:
-        if event_fn is not None:
-            check_method(resolve_method(method), options, event_fn)
         adjoint = dict(adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
                        adjoint_options=adjoint_options)
-        return odeint_adjoint_per_sample(func, y0, t, rtol, atol, method, options, adjoint, params, stats)
+        return odeint_adjoint_per_sample(func, y0, t, rtol, atol, method, options, adjoint, params, stats, event_fn)
     fwd = build_problem(y0, t, rtol, atol, resolve_method(method), options)
     # The backward state [y, dL/dy, dL/dparams] is not shaped like y0: its tolerances are numbers.
     for name, adjoint_tol, tol in (("rtol", adjoint_rtol, fwd.rtol), ("atol", adjoint_atol, fwd.atol)):

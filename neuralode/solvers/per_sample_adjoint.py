@@ -140,12 +140,12 @@ class _PerSampleAdjoint(torch.autograd.Function):
 def odeint_adjoint_per_sample(func: Callable, y0: torch.Tensor, t: torch.Tensor, rtol: ToleranceArg,
                               atol: ToleranceArg, method: str | None, options: Mapping[str, Any] | None,
                               adjoint: Mapping[str, Any], params: tuple[torch.Tensor, ...],
-                              stats: SolveStats | None) -> torch.Tensor:
+                              stats: SolveStats | None, event_fn: Callable | None = None) -> torch.Tensor:
     """The per-sample solve of :func:`~neuralode.solvers.adjoint.odeint_adjoint` (``options`` without
     ``per_sample``); ``adjoint``: its ``adjoint_rtol``, ``adjoint_atol``, ``adjoint_method`` and
-    ``adjoint_options`` (None where not given)."""
+    ``adjoint_options`` (None where not given); an ``event_fn`` is refused."""
     forward_method = resolve_method(method)
-    check_method(forward_method, options, None, adaptive_only=True)
+    check_method(forward_method, options, event_fn, adaptive_only=True)
     prob, _ = build_sample_problem(y0, t, rtol, atol, forward_method, options)
     adj_method = resolve_method(adjoint["adjoint_method"] or forward_method.name, "adjoint_method")
     adj_options = adjoint["adjoint_options"]

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from neuralode.solvers import MaxNumStepsError, NonFiniteError, SolveStats, UnsupportedError, odeint, odeint_adjoint
+from neuralode.solvers import MaxNumStepsError, NonFiniteError, SolveStats, odeint, odeint_adjoint
+from neuralode.solvers.errors import UnsupportedError
 
 ADAPTIVE_RK = ("dopri5", "bosh3", "adaptive_heun", "fehlberg2", "dopri8", "tsit5")
 
