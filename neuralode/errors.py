@@ -12,6 +12,7 @@ from neuralode.solvers.errors import (
     NonFiniteError,
     SolverError,
     StepUnderflowError,
+    UnsupportedError,
 )
 
 
@@ -32,4 +33,4 @@ class RunDirBusy(NeuralodeError, ValueError):
 
 
 __all__ = ["CheckpointError", "ConfigError", "DataError", "MaxNumStepsError", "NeuralodeError", "NonFiniteError", "RunDirBusy",
-           "SolverError", "StepUnderflowError"]
+           "SolverError", "StepUnderflowError", "UnsupportedError"]

@@ -30,6 +30,8 @@ from neuralode.solvers.arguments import (
 )
 from neuralode.solvers.common import Counter
 from neuralode.solvers.norms import MixedNorm, Norm, PairModulus
+from neuralode.solvers.per_sample import split_per_sample
+from neuralode.solvers.per_sample_adjoint import odeint_adjoint_per_sample
 from neuralode.solvers.problem import Problem
 from neuralode.solvers.registry import resolve_method
 from neuralode.solvers.stats import SolveStats
@@ -238,8 +240,14 @@ def odeint_adjoint(func: Callable[[torch.Tensor, State], State], y0: State, t: t
     ``stats`` during ``backward()``. ``func.callback_step_adjoint`` (and ``_accept_``/``_reject_``) are called
     during the backward solve with that tuple as the state. ``event_fn``: as in ``odeint``; gradients then flow
     over ``[t0, event_t]`` with the event time held fixed (``odeint_event`` adds its dependence).
+    ``options['per_sample']=True``: see :mod:`neuralode.solvers.per_sample_adjoint`.
     """
     params, all_given = _integrated_params(func, adjoint_params)
+    options, per_sample = split_per_sample(options)
+    if per_sample:
+        adjoint = dict(adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_method=adjoint_method,
+                       adjoint_options=adjoint_options)
+        return odeint_adjoint_per_sample(func, y0, t, rtol, atol, method, options, adjoint, params, stats, event_fn)
     fwd = build_problem(y0, t, rtol, atol, resolve_method(method), options)
     # The backward state [y, dL/dy, dL/dparams] is not shaped like y0: its tolerances are numbers.
     for name, adjoint_tol, tol in (("rtol", adjoint_rtol, fwd.rtol), ("atol", adjoint_atol, fwd.atol)):

@@ -167,6 +167,16 @@ def counted(func: Callable, structure: StateStructure, counter: Counter) -> Dyna
 
 
 
+def solve_time_dtype(solver: Method, opts: dict[str, Any], state_dtype: torch.dtype) -> torch.dtype:
+    """The dtype a solve holds time in; ``opts['dtype']`` (checked) becomes a torch dtype in place. Adaptive methods
+    hold time in float64 unless options['dtype'] says otherwise, as torchdiffeq does: a step is taken in the
+    state's dtype, but the times it adds up to are not rounded to it."""
+    time_dtype = solver.default_time_dtype
+    if "dtype" in opts:
+        time_dtype = opts["dtype"] = _time_dtype(opts["dtype"])
+    return torch.promote_types(time_dtype or state_dtype, state_dtype)
+
+
 def build_problem(y0: State, t: Any, rtol: Any, atol: Any, solver: Method, options: Mapping[str, Any] | None,
                   what: str = "", like: Problem | None = None) -> Problem:
     """Validate everything; ``like``: a problem on the same ``y0`` and ``t`` whose checks to reuse."""
@@ -175,12 +185,7 @@ def build_problem(y0: State, t: Any, rtol: Any, atol: Any, solver: Method, optio
     atol = check_tolerance(what + "atol", atol, structure)
     check_not_both_zero(what, solver, rtol, atol)
     opts = check_options(solver, options, what=what + "options")
-    # Adaptive methods hold time in float64 unless options['dtype'] says otherwise, as torchdiffeq does: a step
-    # is taken in the state's dtype, but the times it adds up to are not rounded to it.
-    time_dtype = solver.default_time_dtype
-    if "dtype" in opts:
-        time_dtype = opts["dtype"] = _time_dtype(opts["dtype"])
-    time_dtype = torch.promote_types(time_dtype or structure.dtype, structure.dtype)
+    time_dtype = solve_time_dtype(solver, opts, structure.dtype)
     t, t_host = check_times(t, time_dtype, structure.device) if like is None else (like.t.to(time_dtype), like.t_host)
     if t_host is None and (solver.adaptive or "step_size" in opts or "grid_constructor" in opts):
         raise ValueError("only fixed-step methods on the grid t (no step_size or grid_constructor) can run "

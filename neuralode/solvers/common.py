@@ -25,9 +25,10 @@ class Counter:
     nfe: int = 0
     accepted: int = 0
     rejected: int = 0
-    # The step size the controller proposed last (adaptive solves): a good first step for a solve that
-    # continues from here, e.g. the adjoint's next backward interval, instead of a fresh estimate.
-    next_step: float | None = None
+    # The step size the controller proposed last (adaptive solves; a per-sample solve's: one per sample): a good
+    # first step for a solve that continues from here, e.g. the adjoint's next backward interval, instead of a
+    # fresh estimate.
+    next_step: float | torch.Tensor | None = None
 
 
 StepCallback = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]

@@ -7,7 +7,9 @@ the clipping to ``step_t``/``jump_t`` and the last output time that wraps either
 
 A controller works on host floats: the solver fetches the error ratio of each attempted step from
 the device once (that single sync decides accept/reject anyway), and the decision (accept or reject, the next
-step size, a status) follows from it without touching the device again.
+step size, a status) follows from it without touching the device again. A per-sample solve
+(:mod:`.per_sample`) decides for every sample at once on the device, by the same rules
+(:meth:`StepController.decide_per_sample`).
 """
 from __future__ import annotations
 
@@ -66,6 +68,9 @@ class StepController(ABC):
     def record(self, ratio: float) -> None:
         """Called with each accepted step's (finite) error ratio."""
 
+    def record_per_sample(self, ratio: torch.Tensor, recorded: torch.Tensor) -> None:
+        """:meth:`record` for the samples of a per-sample solve where ``recorded`` (``(B,)`` bool) holds."""
+
     def next_step(self, h: float, ratio: float, accepted: bool) -> float:
         if not math.isfinite(ratio):
             factor = self.dfactor
@@ -78,6 +83,23 @@ class StepController(ABC):
         if accepted and math.isfinite(ratio):
             self.record(ratio)
         return self.clamp(h * factor)
+
+    def decide_per_sample(self, h: torch.Tensor, ratio: torch.Tensor, nonfinite_rejects: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`decide` for a batch of independent steps, on the device and without a sync: ``h`` and ``ratio`` in
+        time's dtype and the consecutive non-finite rejections so far, each ``(B,)``. Returns whether each step is
+        accepted, the next step sizes, and the updated rejection counts (a sample has failed once its count
+        exceeds ``MAX_NONFINITE_REJECTS``)."""
+        finite = torch.isfinite(ratio)
+        accept = ratio <= 1.0
+        if self.min_step > 0:
+            accept = accept | ((h <= self.min_step) & finite)
+        raw = self.factor(ratio)  # inf/nan where ratio is 0 or not finite: replaced below
+        factor = torch.where(accept, raw.clamp(self.accepted_floor(), self.ifactor), raw.clamp(self.dfactor, 1.0))
+        factor = torch.where(ratio == 0, self.ifactor, torch.where(finite, factor, self.dfactor))
+        self.record_per_sample(ratio, accept & finite)
+        rejects = torch.where(accept | finite, 0, nonfinite_rejects + 1)
+        return accept, (h * factor).clamp(self.min_step, self.max_step), rejects
 
     def clamp(self, h: float) -> float:
         return min(self.max_step, max(self.min_step, h))
@@ -138,6 +160,10 @@ class PIController(StepController):
     def record(self, ratio: float) -> None:
         # Floor so that one exactly-resolved step does not make the next one explode.
         self.prev_ratio = max(ratio, 1e-4)
+
+    def record_per_sample(self, ratio: torch.Tensor, recorded: torch.Tensor) -> None:
+        # prev_ratio becomes a (B,) tensor: each sample's own last accepted ratio.
+        self.prev_ratio = torch.where(recorded, ratio.clamp_min(1e-4), self.prev_ratio)
 
 
 def initial_step(f, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor, error_order: int,

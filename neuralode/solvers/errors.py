@@ -33,3 +33,8 @@ class NonFiniteError(SolverError, FloatingPointError):
 class StepUnderflowError(NonFiniteError):
     """The step size fell below what the time's floating-point resolution can represent. A subclass of
     :class:`NonFiniteError`, as which it was raised before it had a name of its own."""
+
+
+class UnsupportedError(NeuralodeError, ValueError):
+    """A combination of arguments or options the solvers do not support; the message names what is supported. A
+    ``ValueError`` too, as every bad argument of a solve is."""

@@ -22,6 +22,7 @@ from neuralode.solvers.arguments import (
 )
 from neuralode.solvers.common import Counter
 from neuralode.solvers.events import EventFn, EventTimeGradient, first_crossing
+from neuralode.solvers.per_sample import check_method, odeint_per_sample, split_per_sample
 from neuralode.solvers.problem import Problem
 from neuralode.solvers.registry import resolve_method
 from neuralode.solvers.stats import SolveStats
@@ -56,7 +57,17 @@ def odeint(func: Callable[[torch.Tensor, State], State], y0: State, t: torch.Ten
     ``[t0, t1]`` (only its direction counts) and the result is ``(event_t, states at [t0, event_t])``;
     gradients reach the states with ``event_t`` held fixed (:func:`~neuralode.solvers.events.odeint_event`
     adds the event time's own dependence). ``stats``: NFE and accepted/rejected steps are added into it.
+
+    ``options['per_sample']=True`` solves every sample (the first dimension of a tensor ``y0``) on its own steps,
+    with ``t`` of shape ``(T,)`` or ``(B, T)``: see :mod:`neuralode.solvers.per_sample`.
     """
+    options, per_sample = split_per_sample(options)
+    if per_sample:
+        check_method(resolve_method(method), options, event_fn)
+        ys, counter, counts = odeint_per_sample(func, y0, t, rtol, atol, resolve_method(method), options)
+        if stats is not None:
+            stats.record(counter.nfe, counter.accepted, counter.rejected, "forward", counts)
+        return ys
     prob = build_problem(y0, t, rtol, atol, resolve_method(method), options)
     counter = Counter()
     structure = prob.structure

@@ -21,14 +21,21 @@ from neuralode.solvers.problem import Method, Problem
 from neuralode.solvers.tableaus import ButcherTableau
 
 
+def combine(weights: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """``weights`` (``(r,)`` or ``(q, r)``) applied along the first axis of ``k`` (``(r, *state)``) in one product;
+    a per-sample solve's state is ``(B, M)`` rather than flat."""
+    return (weights @ k.flatten(1)).view(weights.shape[:-1] + k.shape[1:])
+
+
 def stage_derivatives(a_rows: list[torch.Tensor], f: Dynamics, stage_t, y: torch.Tensor, h: float | torch.Tensor,
                       f0: torch.Tensor) -> torch.Tensor:
-    """Stage derivatives ``K`` of one step, shape ``(stages, N)``; ``K[0] = f0 = f(stage_t[0], y)``."""
+    """Stage derivatives ``K`` of one step, shape ``(stages, *y.shape)``; ``K[0] = f0 = f(stage_t[0], y)``. ``h``: a
+    number, or a tensor broadcasting against ``y`` (a per-sample solve's ``(B, 1)`` steps)."""
     k = y.new_empty((len(a_rows) + 1,) + y.shape)
     k[0] = f0
     for i, row in enumerate(a_rows, start=1):
         # One fused y + h * (K[:i]^T a_i) when h is a host number; a device h needs a separate multiply.
-        yi = torch.addmv(y, k[:i].T, row, alpha=h) if isinstance(h, float) else y + h * (row @ k[:i])
+        yi = torch.addmv(y, k[:i].T, row, alpha=h) if isinstance(h, float) else y + h * combine(row, k[:i])
         k[i] = f(stage_t[i], yi)
     return k
 
@@ -92,16 +99,17 @@ class ExplicitRKStepper(AdaptiveStepper):
 
     def step(self, f: Dynamics, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor, dt: float | torch.Tensor,
              jump_at: torch.Tensor | None = None) -> RKStep:
-        # All stage times in one kernel (not one per stage): on a GPU the launches add up.
-        stage_t = t0 + self.c_time * dt
+        # All stage times in one kernel (not one per stage): on a GPU the launches add up. A per-sample solve's
+        # t0 and dt are (B, 1): its stage times are (stages, B, 1).
+        stage_t = t0 + self.c_time.view((-1,) + (1,) * t0.ndim) * dt
         if jump_at is not None:  # stages at the step's end see f just before the discontinuity
             stage_t = torch.where(self.c_time == 1, nudged(jump_at, -1.0), stage_t)
         h = dt.to(y0.dtype) if torch.is_tensor(dt) else dt
         k = stage_derivatives(self.a_rows, f, stage_t, y0, h, f0)
-        comb = self.b_and_error @ k  # (2 or 3, N): solution and error combinations in one product
-        y1 = y0 + dt * comb[0]
+        comb = combine(self.b_and_error, k)  # (2 or 3, N): solution and error combinations in one product
+        y1 = y0 + h * comb[0]
         with torch.no_grad():
-            y_err = comb[1:].mul(dt)
+            y_err = comb[1:].mul(h)
         return RKStep(y1, y_err, k[-1] if self.last_stage_is_f1 else None, y0, f0, k, h)
 
     def error_ratio(self, y0: torch.Tensor, step: RKStep, rtol: Tolerance, atol: Tolerance,
