@@ -42,7 +42,7 @@ class SolverSpec:
     adjoint_options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, solver_cfg: Mapping[str, Any], default_tol: float) -> "SolverSpec":
+    def from_config(cls, solver_cfg: Mapping[str, Any], default_tol: float | None) -> "SolverSpec":
         """Resolve ``tol``/``rtol``/``atol``: ``tol`` (or the task's default) sets both, each may override.
         The adaptive methods get the runner's policy (``RUNNER_OPTIONS``, each where the method takes it) unless
         the options set it."""

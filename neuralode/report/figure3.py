@@ -445,7 +445,7 @@ def load_odenet(checkpoint: str | Path, batch_size: int | None, device: str = "c
     and labels."""
     from neuralode.evaluate import restore_task
 
-    task, ckpt, cfg = restore_task(checkpoint, data=data, device=device, task_name="mnist")
+    task, ckpt, cfg, _ = restore_task(checkpoint, data=data, device=device, task_name="mnist")
     ode_blocks(task.model)  # fail early, with a clear message, on a model without an ODE block
     x, labels = task.test_inputs(batch_size)
     info = {"checkpoint": str(checkpoint), "epoch": int(ckpt["epoch"]), "model": cfg.model.name,

@@ -12,6 +12,7 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from neuralode.errors import ConfigError
+from neuralode.models.odeblock import SolverSpec
 
 
 @dataclass
@@ -57,6 +58,18 @@ class Task(Protocol):
 
     def save_figures(self, out_dir: Path) -> list[Path]:
         """Write the task's PNG figures into ``out_dir``; return their paths."""
+        ...
+
+
+class TaskBuilder(Protocol):
+    """A task module's ``build``: the task from the composed config, on ``device``, integrating with ``solver``.
+
+    The runner resolves ``solver`` once from the ``solver`` config group (``solver.tol`` or ``task.default_tol``
+    into rtol/atol, and its own controller and step cap) and hands the same spec to every ODE block the task
+    builds; a task does not resolve the solver config itself.
+    """
+
+    def __call__(self, cfg: Any, device: torch.device, solver: SolverSpec) -> Task:
         ...
 
 

@@ -93,7 +93,7 @@ def validate_config(cfg: DictConfig) -> tuple[DynamicsTaskConfig, DynamicsDataCo
     task = validated(DynamicsTaskConfig, cfg.task, "task")
     data = validated(DynamicsDataConfig, cfg.data, "data")
     model = validated(MODEL_SCHEMAS[model_name], cfg.model, "model")
-    check(task.default_tol > 0 and task.lr > 0, f"task.default_tol and task.lr must be > 0, got {task.default_tol}, {task.lr}")
+    check(task.lr > 0, f"task.lr must be > 0, got {task.lr}")
     check(task.lr_schedule in LR_SCHEDULES,
           f"task.lr_schedule={task.lr_schedule!r} is unknown; use one of: {', '.join(LR_SCHEDULES)}")
     check(task.iters_per_epoch >= 1 and task.figure_grid >= 2,
@@ -335,7 +335,7 @@ def build_model(model_cfg: Any, data: DynamicsData, solver: SolverSpec,
     return NeuralODE(field, solver, regularization) if model_cfg.name == "node" else ResNetEuler(field, data.dt)
 
 
-def build(cfg: DictConfig, device: torch.device) -> DynamicsTask:
+def build(cfg: DictConfig, device: torch.device, solver: SolverSpec) -> DynamicsTask:
     task, d, model_cfg = validate_config(cfg)
     regularization = regularization_from_config(
         cfg.get("regularize"), model_cfg.name, has_ode=model_cfg.name == "node",
@@ -344,7 +344,6 @@ def build(cfg: DictConfig, device: torch.device) -> DynamicsTask:
                              noise_std=d.noise_std, irregular=d.irregular, n_trajectories=d.n_trajectories,
                              n_test=d.n_test, ic_scale_min=d.ic_scale_min,
                              seed=int(cfg.seed if d.seed is None else d.seed)).to(device)
-    model = build_model(model_cfg, data, SolverSpec.from_config(cfg.solver, default_tol=task.default_tol),
-                        regularization).to(device)
+    model = build_model(model_cfg, data, solver, regularization).to(device)
     return DynamicsTask(data, model, model_name=model_cfg.name, task=task, window=d.window, batch_size=d.batch_size,
                         epochs=int(cfg.trainer.epochs), seed=int(cfg.seed))

@@ -21,12 +21,11 @@ class Flow2DTask:
 
     data_kind: str  # "samples" (task=cnf) or "potential" (task=cnf_match)
 
-    def __init__(self, cfg: Any, device: torch.device, task: str, valid: str) -> None:
+    def __init__(self, cfg: Any, device: torch.device, solver: SolverSpec, task: str, valid: str) -> None:
         if cfg.data.get("kind") != self.data_kind:
             raise ConfigError(f"task={task} needs a 2-D {self.data_kind} data set ({valid}); "
                               f"data={cfg.data.name} is not one")
         self.cfg, self.device = cfg, device
-        solver = SolverSpec.from_config(cfg.solver, default_tol=float(cfg.task.default_tol))
         is_cnf = cfg.model.name == "cnf"
         regularization = regularization_from_config(cfg.get("regularize"), cfg.model.name, has_ode=is_cnf,
                                                     steer_end=float(cfg.model.t1) if is_cnf else None)

@@ -96,7 +96,6 @@ def validate_config(cfg: DictConfig) -> tuple[MnistTaskConfig, MnistDataConfig, 
     data = validated(MnistDataConfig, cfg.data, "data")
     model = validated(_MODEL_SCHEMAS[model_name], cfg.model, "model")
 
-    check(task.default_tol > 0, f"task.default_tol must be > 0, got {task.default_tol}")
     check(task.lr > 0, f"task.lr must be > 0, got {task.lr}")
     check(task.lr_schedule in LR_SCHEDULES,
            f"task.lr_schedule={task.lr_schedule!r} is unknown; choose one of: {', '.join(LR_SCHEDULES)}")
@@ -140,7 +139,7 @@ def _to_input(images: torch.Tensor) -> torch.Tensor:
 class MnistTask:
     """Table 1 task: see the module docstring."""
 
-    def __init__(self, cfg: DictConfig, device: torch.device) -> None:
+    def __init__(self, cfg: DictConfig, device: torch.device, solver: SolverSpec) -> None:
         self.cfg_task, self.cfg_data, self.cfg_model = validate_config(cfg)
         # Before the data load: a regulariser the model cannot take is refused at once.
         regularization = regularization_from_config(cfg.get("regularize"), self.cfg_model.name,
@@ -161,7 +160,6 @@ class MnistTask:
                 raise DataError(f"{split.source}: labels must lie in 0..{len(self.class_names) - 1} for {d.name}, "
                                 f"found {int(labels.min())}..{int(labels.max())}; are these the right label files?")
 
-        solver = SolverSpec.from_config(cfg.solver, self.cfg_task.default_tol)
         hyper = {k: v for k, v in dataclasses.asdict(self.cfg_model).items() if k != "name"}
         self.model = build_mnist_model(self.cfg_model.name, solver, regularization=regularization, **hyper).to(device)
         self.num_params = count_parameters(self.model)
@@ -301,5 +299,5 @@ class EpochBatches:
             yield _to_input(images), t.train_labels[idx]
 
 
-def build(cfg: DictConfig, device: torch.device) -> MnistTask:
-    return MnistTask(cfg, device)
+def build(cfg: DictConfig, device: torch.device, solver: SolverSpec) -> MnistTask:
+    return MnistTask(cfg, device, solver)

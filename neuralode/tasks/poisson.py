@@ -104,7 +104,7 @@ class PoissonTask:
         return [path]
 
 
-def build(cfg: Any, device: torch.device) -> PoissonTask:
+def build(cfg: Any, device: torch.device, solver: SolverSpec) -> PoissonTask:
     d, m, tk = cfg.data, cfg.model, cfg.task
     if d.get("name") != "poisson":
         raise ConfigError(f"task=poisson needs data=poisson (event sequences generated in code), got data={d.get('name')}")
@@ -120,7 +120,6 @@ def build(cfg: Any, device: torch.device) -> PoissonTask:
         n_events = float(data.train.mask.sum()) / len(data.train)
         model: nn.Module = ConstantRate(data.t_end, init_rate=max(n_events / data.t_end, 1e-3))
     else:
-        solver = SolverSpec.from_config(cfg.solver, default_tol=float(tk.default_tol))
         model = LatentODEPoisson(solver, t_end=data.t_end, latent_dim=int(m.latent_dim), rec_hidden=int(m.rec_hidden),
                                  ode_hidden=int(m.ode_hidden), intensity_hidden=int(m.intensity_hidden),
                                  regularization=regularization)

@@ -246,7 +246,7 @@ def plot_predictions(path: Path, *, data: SpiralData, rows: torch.Tensor, pred: 
     fig.savefig(path, dpi=110)
 
 
-def build(cfg: Any, device: torch.device) -> SpiralTask:
+def build(cfg: Any, device: torch.device, solver: SolverSpec) -> SpiralTask:
     d = cfg.data
     if d.get("name") != "spiral":
         raise ConfigError(f"task=spiral needs data=spiral (spirals generated in code), got data={d.get('name')}")
@@ -257,7 +257,6 @@ def build(cfg: Any, device: torch.device) -> SpiralTask:
     data = generate_spirals(n_spirals=int(d.n_spirals), n_points=int(d.n_points), n_obs=int(d.n_obs),
                             noise_std=float(d.noise_std), a=float(d.a), b=float(d.b),
                             test_fraction=float(d.test_fraction), seed=seed).to(device)
-    solver = SolverSpec.from_config(cfg.solver, default_tol=float(cfg.task.default_tol))
     model = build_model(cfg.model, solver, regularization).to(device)
     tk = cfg.task
     return SpiralTask(data, model, model_name=str(cfg.model.name), lr=float(tk.lr), batch_size=int(tk.batch_size),

@@ -9,6 +9,7 @@ from runner_helpers import compose_config, toy_config
 from neuralode.config import ConfigError, config_dir, run_name, validate
 from neuralode.models.odeblock import RUNNER_CONTROLLER, RUNNER_MAX_STEPS_PER_SOLVE, RUNNER_OPTIONS, ODEBlock, SolverSpec
 from neuralode.solvers import SOLVERS, MaxNumStepsError, odeint
+from neuralode.utils.runtime import resolve_solver
 
 
 def test_defaults_pick_every_group():
@@ -48,9 +49,17 @@ def test_lsoda_preset_is_the_paper_solver_family():
     (("solver.atol=1e-9",), 1e-3, 1e-9),
 ])
 def test_tolerance_resolution(overrides: tuple[str, ...], rtol: float, atol: float):
-    cfg = toy_config(*overrides)
-    spec = SolverSpec.from_config(cfg.solver, default_tol=cfg.task.default_tol)
+    spec = resolve_solver(toy_config(*overrides))
     assert (spec.rtol, spec.atol) == (rtol, atol)
+
+
+def test_a_task_without_a_default_tolerance_needs_solver_tol():
+    cfg = toy_config()
+    del cfg.task.default_tol
+    with pytest.raises(ConfigError, match="task=toy sets no task.default_tol and solver.tol is null; set the tolerance"):
+        resolve_solver(cfg)
+    cfg.solver.tol = 1e-4
+    assert (resolve_solver(cfg).rtol, resolve_solver(cfg).atol) == (1e-4, 1e-4)
 
 
 @pytest.mark.parametrize(("profile", "epochs"), [("smoke", 1), ("quick", 5), ("full", 10)])

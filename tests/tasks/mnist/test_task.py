@@ -12,7 +12,8 @@ from mnist_testdata import N_TEST, N_TRAIN
 from omegaconf import DictConfig, OmegaConf
 
 from neuralode.config import solver_defaults
-from neuralode.tasks.mnist import build, crop, random_offsets
+from neuralode.tasks.mnist import MnistTask, build, crop, random_offsets
+from neuralode.utils.runtime import resolve_solver
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
@@ -33,8 +34,13 @@ def make_cfg(root: Path, model: str = "mlp", **dotlist: Any) -> DictConfig:
     return OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{k}={v}" for k, v in dotlist.items()]))
 
 
+def build_on_cpu(cfg: DictConfig) -> MnistTask:
+    """The task as the runner builds it: with the solver it resolved from the config."""
+    return build(cfg, torch.device("cpu"), resolve_solver(cfg))
+
+
 def test_batches_are_deterministic_per_epoch_and_cover_the_data(idx_root: Path) -> None:
-    task = build(make_cfg(idx_root), torch.device("cpu"))
+    task = build_on_cpu(make_cfg(idx_root))
     epoch0 = list(task.train_batches(0))
     again = list(task.train_batches(0))
     epoch1 = list(task.train_batches(1))
@@ -71,7 +77,7 @@ def _lrs(task: Any, steps: int) -> list[float]:
 
 
 def test_step_schedule_decays_at_the_papers_fractions_of_the_steps(idx_root: Path) -> None:
-    task = build(make_cfg(idx_root, **{"trainer.epochs": 160, "data.batch_size": 64}), torch.device("cpu"))
+    task = build_on_cpu(make_cfg(idx_root, **{"trainer.epochs": 160, "data.batch_size": 64}))
     assert task.lr_interval == "step" and task.steps_per_epoch() == 1
     opt, _ = task.configure_optimizers()
     lr = 0.1 * N_TRAIN / 128  # the batch of 64 holds all N_TRAIN images: the lr scales by what a step sees
@@ -81,19 +87,19 @@ def test_step_schedule_decays_at_the_papers_fractions_of_the_steps(idx_root: Pat
     assert lrs[99] == pytest.approx(lr / 10) and lrs[100] == pytest.approx(lr / 100)
     assert lrs[139] == pytest.approx(lr / 100) and lrs[140] == pytest.approx(lr / 1000)
     # Two epochs of 3 steps: the decays land inside the epochs, at 37.5 % / 62.5 % / 87.5 % of the 6 steps.
-    task = build(make_cfg(idx_root, **{"trainer.epochs": 2}), torch.device("cpu"))
+    task = build_on_cpu(make_cfg(idx_root, **{"trainer.epochs": 2}))
     assert task.steps_per_epoch() == 3
     assert _lrs(task, 6) == pytest.approx([0.0125, 0.0125, 0.0125, 0.00125, 0.000125, 0.000125])
 
 
 def test_a_batch_larger_than_the_training_set_scales_the_lr_by_the_images_it_holds(idx_root: Path) -> None:
-    task = build(make_cfg(idx_root, **{"data.batch_size": 10**9}), torch.device("cpu"))
+    task = build_on_cpu(make_cfg(idx_root, **{"data.batch_size": 10**9}))
     opt, _ = task.configure_optimizers()
     assert task.steps_per_epoch() == 1 and opt.param_groups[0]["lr"] == pytest.approx(0.1 * N_TRAIN / 128)
 
 
 def test_cosine_schedule_anneals_to_zero_over_the_steps(idx_root: Path) -> None:
-    task = build(make_cfg(idx_root, **{"trainer.epochs": 2, "task.lr_schedule": "cosine"}), torch.device("cpu"))
+    task = build_on_cpu(make_cfg(idx_root, **{"trainer.epochs": 2, "task.lr_schedule": "cosine"}))
     lrs = _lrs(task, 6)
     expected = [0.0125 * 0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(6)]
     assert lrs == pytest.approx(expected) and task.lr_factor(6) == pytest.approx(0.0)
@@ -101,14 +107,14 @@ def test_cosine_schedule_anneals_to_zero_over_the_steps(idx_root: Path) -> None:
 
 def test_a_longer_resumed_run_follows_the_longer_schedule(idx_root: Path) -> None:
     """The factor comes from the current trainer.epochs, so extending a run stretches its schedule."""
-    short = build(make_cfg(idx_root, **{"trainer.epochs": 2}), torch.device("cpu"))
-    longer = build(make_cfg(idx_root, **{"trainer.epochs": 4}), torch.device("cpu"))
+    short = build_on_cpu(make_cfg(idx_root, **{"trainer.epochs": 2}))
+    longer = build_on_cpu(make_cfg(idx_root, **{"trainer.epochs": 4}))
     assert short.lr_factor(3) == pytest.approx(0.1) and longer.lr_factor(3) == pytest.approx(1.0)
 
 
 def test_training_step_evaluate_and_figures(idx_root: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    task = build(make_cfg(idx_root, model="odenet"), torch.device("cpu"))
+    task = build_on_cpu(make_cfg(idx_root, model="odenet"))
     opt, _ = task.configure_optimizers()
     out = task.training_step(next(iter(task.train_batches(0))))
     assert out.batch_size == 16 and set(out.metrics) == {"train_acc"} and 0 <= out.metrics["train_acc"] <= 1
@@ -123,7 +129,7 @@ def test_training_step_evaluate_and_figures(idx_root: Path, tmp_path: Path) -> N
 
 
 def test_limits_take_the_first_images(idx_root: Path) -> None:
-    task = build(make_cfg(idx_root, **{"data.limit_train": 7, "data.limit_test": 3}), torch.device("cpu"))
+    task = build_on_cpu(make_cfg(idx_root, **{"data.limit_train": 7, "data.limit_test": 3}))
     assert len(task.train_labels) == 7 and len(task.test_labels) == 3
 
 
@@ -140,7 +146,7 @@ def test_limits_take_the_first_images(idx_root: Path) -> None:
 ])
 def test_bad_values_get_one_clear_line(idx_root: Path, dotlist: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError) as err:
-        build(make_cfg(idx_root, **dotlist), torch.device("cpu"))
+        build_on_cpu(make_cfg(idx_root, **dotlist))
     assert match in str(err.value) and "\n" not in str(err.value)
 
 
@@ -150,5 +156,5 @@ def test_labels_out_of_range_are_one_line(tmp_path: Path) -> None:
     root = write_dataset(tmp_path / "idx")
     write_idx(root / "t10k-labels-idx1-ubyte.gz", np.full(N_TEST, 12, np.uint8))
     with pytest.raises(ValueError) as err:
-        build(make_cfg(root), torch.device("cpu"))
+        build_on_cpu(make_cfg(root))
     assert "labels must lie in 0..9 for fashion_mnist, found 12..12" in str(err.value) and "\n" not in str(err.value)
