@@ -216,3 +216,20 @@ def test_the_dynamics_profiles_train_on_one_thread():
     """Its 50-unit MLP's ops are too small to split: a second thread only waits (20x the CPU per step at load 13)."""
     for profile in ("smoke", "demo", "quick", "full"):
         assert compose_config("task=dynamics", f"profile={profile}").trainer.threads == 1, profile
+
+
+def test_use_solver_re_solves_a_block_with_only_the_settings_given():
+    """figure3 and controller_study re-solve a trained model through ODEBlock.use_solver."""
+    func = lambda t, y: -y  # noqa: E731
+    block = ODEBlock(func, resolve_solver(toy_config()))
+    trained = block.solver
+    block.use_solver(rtol=1e-6, atol=1e-7, adjoint=False)
+    assert (block.solver.rtol, block.solver.atol, block.solver.adjoint) == (1e-6, 1e-7, False)
+    assert (block.solver.method, block.solver.options) == (trained.method, trained.options)
+    options = {"step_size": 0.25}
+    block.use_solver(method="rk4", options=options, adjoint_options={})
+    options["step_size"] = 1.0  # the block keeps its own copy
+    assert (block.solver.method, block.solver.options, block.solver.rtol) == ("rk4", {"step_size": 0.25}, 1e-6)
+    y0 = torch.tensor([1.0])
+    block.stats.reset()
+    assert torch.allclose(block(y0), torch.exp(-y0), atol=1e-3) and block.stats.nfe_forward == 16  # 4 rk4 steps
