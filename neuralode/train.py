@@ -103,7 +103,8 @@ def _train(cfg: DictConfig, run_dir: Path, stop: StopSignals, on_accepted: Calla
     solver = resolve_solver(cfg)
     task = build_task_from_config(cfg, device, solver)
     _check_regularized(cfg, task)
-    optimizer, scheduler = task.configure_optimizers()
+    epochs = cfg.trainer.epochs
+    optimizer, scheduler = task.configure_optimizers(epochs)
     done = ckpt["epoch"] if ckpt is not None else 0
     history: list[dict[str, Any]] = []
     if ckpt is not None:
@@ -114,7 +115,6 @@ def _train(cfg: DictConfig, run_dir: Path, stop: StopSignals, on_accepted: Calla
     if done:
         log.info(f"resuming {run_dir} after epoch {done}")
 
-    epochs = cfg.trainer.epochs
     per_step = getattr(task, "lr_interval", "epoch") == "step"
     step = ckpt.get("step", 0) if done else 0
     tb = TensorBoardLog(run_dir, first_epoch=done + 1, first_step=step + 1, every_steps=cfg.trainer.log_every_steps)

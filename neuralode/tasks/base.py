@@ -52,8 +52,10 @@ class Task(Protocol):
         """Held-out metrics (e.g. ``test_acc``, ``test_rmse``, ``test_nll``), computed under no_grad where possible."""
         ...
 
-    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
-        """Optimiser and an optional LR scheduler (stepped as ``lr_interval`` says), as this task trains."""
+    def configure_optimizers(self, epochs: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+        """Optimiser and an optional LR scheduler (stepped as ``lr_interval`` says), as this task trains for
+        ``epochs`` epochs: the run's length as the trainer resolved it (a resumed run given more epochs stretches
+        a schedule over them)."""
         ...
 
     def save_figures(self, out_dir: Path) -> list[Path]:

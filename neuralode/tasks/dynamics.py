@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
@@ -127,12 +128,11 @@ class DynamicsTask:
     lr_interval = "step"
 
     def __init__(self, data: DynamicsData, model: nn.Module, *, model_name: str, task: DynamicsTaskConfig,
-                 window: int, batch_size: int, epochs: int, seed: int) -> None:
+                 window: int, batch_size: int, seed: int) -> None:
         self.data, self.model, self.model_name = data, model, model_name
         self.cfg = task
         self.window = window or data.train.times.shape[1]
         self.batch_size, self.seed = batch_size, seed
-        self.total_steps = epochs * task.iters_per_epoch
 
     def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """``iters_per_epoch`` batches of ``batch_size`` random windows (times [B, W], observed values [B, W, D])."""
@@ -172,14 +172,16 @@ class DynamicsTask:
             metrics["field_rel_l2"] = relative_l2(self.model.vector_field(states), d.system.field(states))
         return metrics
 
-    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    def configure_optimizers(self, epochs: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
         opt = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr)
-        return opt, torch.optim.lr_scheduler.LambdaLR(opt, self.lr_factor)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, partial(self.lr_factor, epochs=epochs))
 
-    def lr_factor(self, completed_steps: int) -> float:
+    def lr_factor(self, completed_steps: int, epochs: int) -> float:
+        """LR multiplier for the step after ``completed_steps`` of a run of ``epochs`` epochs."""
         if self.cfg.lr_schedule == "constant":
             return 1.0
-        return 0.5 * (1 + math.cos(math.pi * min(completed_steps, self.total_steps) / self.total_steps))
+        total_steps = epochs * self.cfg.iters_per_epoch
+        return 0.5 * (1 + math.cos(math.pi * min(completed_steps, total_steps) / total_steps))
 
     @torch.no_grad()
     def save_figures(self, out_dir: Path) -> list[Path]:
@@ -346,4 +348,4 @@ def build(cfg: DictConfig, device: torch.device, solver: SolverSpec) -> Dynamics
                              seed=int(cfg.seed if d.seed is None else d.seed)).to(device)
     model = build_model(model_cfg, data, solver, regularization).to(device)
     return DynamicsTask(data, model, model_name=model_cfg.name, task=task, window=d.window, batch_size=d.batch_size,
-                        epochs=int(cfg.trainer.epochs), seed=int(cfg.seed))
+                        seed=int(cfg.seed))

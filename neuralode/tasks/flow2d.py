@@ -32,7 +32,8 @@ class Flow2DTask:
         self.model: CNF | PlanarFlow = build_flow(cfg.model, solver, regularization=regularization).to(device)
         self.held_out = torch.Generator().manual_seed(int(cfg.seed) + HELD_OUT_SEED_OFFSET)
 
-    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, None]:
+    def configure_optimizers(self, epochs: int) -> tuple[torch.optim.Optimizer, None]:
+        """Adam at a constant lr, whatever the run's length ``epochs``."""
         return torch.optim.Adam(self.model.parameters(), lr=float(self.cfg.task.lr),
                                 weight_decay=float(self.cfg.task.get("weight_decay", 0.0))), None
 

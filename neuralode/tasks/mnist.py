@@ -16,6 +16,7 @@ import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +147,6 @@ class MnistTask:
                                                     has_ode=self.cfg_model.name in ODE_MODELS, steer_end=1.0)
         self.device = device
         self.seed = int(cfg.seed)
-        self.epochs = int(cfg.trainer.epochs)
         d = self.cfg_data
         train = load_split(d.name, True, d.root, d.cache_dir, d.download)
         test = load_split(d.name, False, d.root, d.cache_dir, d.download)
@@ -210,26 +210,25 @@ class MnistTask:
     def steps_per_epoch(self) -> int:
         return -(-len(self.train_labels) // self.cfg_data.batch_size)
 
-    def lr_factor(self, completed_steps: int) -> float:
-        """LR multiplier for the SGD step after ``completed_steps``, from the fraction of the run's steps done.
-
-        Computed from the current trainer.epochs, so a resumed run with more epochs follows the longer run's
-        schedule. For 160 epochs the step schedule decays exactly after epochs 60, 100 and 140, as the paper.
+    def lr_factor(self, completed_steps: int, epochs: int) -> float:
+        """LR multiplier for the SGD step after ``completed_steps``, from the fraction done of the steps of a run
+        of ``epochs`` epochs (the trainer's, so a resumed run with more epochs follows the longer run's schedule).
+        For 160 epochs the step schedule decays exactly after epochs 60, 100 and 140, as the paper.
         """
         t = self.cfg_task
-        progress = completed_steps / (self.epochs * self.steps_per_epoch())
+        progress = completed_steps / (epochs * self.steps_per_epoch())
         if t.lr_schedule == "cosine":
             return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
         decays = sum(progress >= f - 1e-9 for f in t.lr_decay_at)
         return t.lr_decay_factor**decays
 
-    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    def configure_optimizers(self, epochs: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
         t = self.cfg_task
         # Scaled by the batch the steps actually see: data.batch_size=10**9 trains on every image at once, and
         # would otherwise scale the lr by millions.
         lr = t.lr * min(self.cfg_data.batch_size, len(self.train_labels)) / 128
         opt = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=t.momentum, weight_decay=t.weight_decay)
-        return opt, torch.optim.lr_scheduler.LambdaLR(opt, self.lr_factor)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, partial(self.lr_factor, epochs=epochs))
 
     def save_figures(self, out_dir: Path) -> list[Path]:
         """A grid of the first 16 test images with predicted (true) labels, and the test confusion matrix."""

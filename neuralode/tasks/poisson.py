@@ -66,7 +66,8 @@ class PoissonTask:
         return {"test_nll": float(nll.mean()), "true_nll": self.true_test_nll,
                 "intensity_rmse": float((learned - truth).pow(2).mean().sqrt())}
 
-    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, None]:
+    def configure_optimizers(self, epochs: int) -> tuple[torch.optim.Optimizer, None]:
+        """Adam at a constant lr, whatever the run's length ``epochs``."""
         return torch.optim.Adam(self.model.parameters(), lr=self.lr), None
 
     @torch.no_grad()

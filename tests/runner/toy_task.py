@@ -56,7 +56,7 @@ class ToyTask:
             loss = nn.functional.mse_loss(self.model(self.test_x), self.test_y)
         return {"test_rmse": loss.sqrt().item()}
 
-    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    def configure_optimizers(self, epochs: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
         optimizer = torch.optim.SGD(self.model.parameters(), lr=self.cfg.lr, momentum=0.9)
         return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[2], gamma=0.5)
 

@@ -46,7 +46,7 @@ def test_max_likelihood_step_and_eval() -> None:
 def test_density_matching_kl_is_true_kl_and_decreases() -> None:
     task = build_on_cpu(compose("cnf_match", "planar", "ring_modes", eval_samples=2000, batch_size=256,
                                 iters_per_epoch=150))
-    optimizer, _ = task.configure_optimizers()
+    optimizer, _ = task.configure_optimizers(1)
     before = task.evaluate()["kl"]
     for batch in task.train_batches(1):
         optimizer.zero_grad()

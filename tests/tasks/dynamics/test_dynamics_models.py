@@ -64,9 +64,9 @@ def test_a_neural_ode_learns_a_linear_system():
                              n_trajectories=2, n_test=4, ic_scale_min=0.7, seed=0)
     model = NeuralODE(VectorField(Scales.of(data.train.times, data.train.values), hidden=32), SOLVER)
     task = DynamicsTask(data, model, model_name="node", task=DynamicsTaskConfig(lr=0.02, iters_per_epoch=200),
-                        window=5, batch_size=16, epochs=1, seed=0)
+                        window=5, batch_size=16, seed=0)
     before = task.evaluate()
-    optimizer, scheduler = task.configure_optimizers()
+    optimizer, scheduler = task.configure_optimizers(1)
     for batch in task.train_batches(1):
         optimizer.zero_grad()
         task.training_step(batch).loss.backward()

@@ -25,7 +25,6 @@ def make_cfg(root: Path, model: str = "mlp", **dotlist: Any) -> DictConfig:
         "model": OmegaConf.load(CONFIGS / "model" / f"{model}.yaml"),
         "data": OmegaConf.load(CONFIGS / "data" / "fashion_mnist.yaml"),
         "solver": solver_defaults("rk4"),
-        "trainer": {"epochs": 4},
         "seed": 0,
     })
     cfg.data.root = str(root)
@@ -65,9 +64,10 @@ def test_random_crop_is_a_shifted_window_of_the_padded_image() -> None:
         assert torch.equal(out[i], padded[i, r:r + 5, c:c + 5])
 
 
-def _lrs(task: Any, steps: int) -> list[float]:
-    """The lr of each of the first ``steps`` SGD steps, stepping the scheduler as the trainer does."""
-    opt, sched = task.configure_optimizers()
+def _lrs(task: Any, steps: int, epochs: int) -> list[float]:
+    """The lr of each of the first ``steps`` SGD steps of a run of ``epochs`` epochs, stepping the scheduler as the
+    trainer does."""
+    opt, sched = task.configure_optimizers(epochs)
     out = []
     for _ in range(steps):
         out.append(opt.param_groups[0]["lr"])
@@ -77,45 +77,45 @@ def _lrs(task: Any, steps: int) -> list[float]:
 
 
 def test_step_schedule_decays_at_the_papers_fractions_of_the_steps(idx_root: Path) -> None:
-    task = build_on_cpu(make_cfg(idx_root, **{"trainer.epochs": 160, "data.batch_size": 64}))
+    task = build_on_cpu(make_cfg(idx_root, **{"data.batch_size": 64}))
     assert task.lr_interval == "step" and task.steps_per_epoch() == 1
-    opt, _ = task.configure_optimizers()
+    opt, _ = task.configure_optimizers(160)
     lr = 0.1 * N_TRAIN / 128  # the batch of 64 holds all N_TRAIN images: the lr scales by what a step sees
     assert opt.param_groups[0]["lr"] == pytest.approx(lr) and opt.param_groups[0]["momentum"] == 0.9
-    lrs = _lrs(task, 160)  # one step per epoch: the paper's decays after epochs 60, 100 and 140
+    lrs = _lrs(task, 160, epochs=160)  # one step per epoch: the paper's decays after epochs 60, 100 and 140
     assert lrs[59] == pytest.approx(lr) and lrs[60] == pytest.approx(lr / 10)
     assert lrs[99] == pytest.approx(lr / 10) and lrs[100] == pytest.approx(lr / 100)
     assert lrs[139] == pytest.approx(lr / 100) and lrs[140] == pytest.approx(lr / 1000)
     # Two epochs of 3 steps: the decays land inside the epochs, at 37.5 % / 62.5 % / 87.5 % of the 6 steps.
-    task = build_on_cpu(make_cfg(idx_root, **{"trainer.epochs": 2}))
+    task = build_on_cpu(make_cfg(idx_root))
     assert task.steps_per_epoch() == 3
-    assert _lrs(task, 6) == pytest.approx([0.0125, 0.0125, 0.0125, 0.00125, 0.000125, 0.000125])
+    assert _lrs(task, 6, epochs=2) == pytest.approx([0.0125, 0.0125, 0.0125, 0.00125, 0.000125, 0.000125])
 
 
 def test_a_batch_larger_than_the_training_set_scales_the_lr_by_the_images_it_holds(idx_root: Path) -> None:
     task = build_on_cpu(make_cfg(idx_root, **{"data.batch_size": 10**9}))
-    opt, _ = task.configure_optimizers()
+    opt, _ = task.configure_optimizers(4)
     assert task.steps_per_epoch() == 1 and opt.param_groups[0]["lr"] == pytest.approx(0.1 * N_TRAIN / 128)
 
 
 def test_cosine_schedule_anneals_to_zero_over_the_steps(idx_root: Path) -> None:
-    task = build_on_cpu(make_cfg(idx_root, **{"trainer.epochs": 2, "task.lr_schedule": "cosine"}))
-    lrs = _lrs(task, 6)
+    task = build_on_cpu(make_cfg(idx_root, **{"task.lr_schedule": "cosine"}))
+    lrs = _lrs(task, 6, epochs=2)
     expected = [0.0125 * 0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(6)]
-    assert lrs == pytest.approx(expected) and task.lr_factor(6) == pytest.approx(0.0)
+    assert lrs == pytest.approx(expected) and task.lr_factor(6, epochs=2) == pytest.approx(0.0)
 
 
 def test_a_longer_resumed_run_follows_the_longer_schedule(idx_root: Path) -> None:
-    """The factor comes from the current trainer.epochs, so extending a run stretches its schedule."""
-    short = build_on_cpu(make_cfg(idx_root, **{"trainer.epochs": 2}))
-    longer = build_on_cpu(make_cfg(idx_root, **{"trainer.epochs": 4}))
-    assert short.lr_factor(3) == pytest.approx(0.1) and longer.lr_factor(3) == pytest.approx(1.0)
+    """The factor comes from the epochs the trainer passes (the current trainer.epochs), so extending a run
+    stretches its schedule."""
+    task = build_on_cpu(make_cfg(idx_root))
+    assert task.lr_factor(3, epochs=2) == pytest.approx(0.1) and task.lr_factor(3, epochs=4) == pytest.approx(1.0)
 
 
 def test_training_step_evaluate_and_figures(idx_root: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
     task = build_on_cpu(make_cfg(idx_root, model="odenet"))
-    opt, _ = task.configure_optimizers()
+    opt, _ = task.configure_optimizers(4)
     out = task.training_step(next(iter(task.train_batches(0))))
     assert out.batch_size == 16 and set(out.metrics) == {"train_acc"} and 0 <= out.metrics["train_acc"] <= 1
     out.loss.backward()
