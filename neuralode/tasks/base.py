@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
+from neuralode.config import shipped_group
 from neuralode.errors import ConfigError
 from neuralode.models.odeblock import SolverSpec
 
@@ -76,10 +77,12 @@ class TaskBuilder(Protocol):
 
 
 def validated(schema: type, node: Any, where: str) -> Any:
-    """Merge the config ``node`` into the dataclass ``schema``'s defaults: a typed object, with a type or key
-    error as one line naming the key (``where`` is its group, e.g. ``data``)."""
+    """The config ``node`` of the group ``where`` (``task``, ``data`` or ``model``) as the dataclass ``schema``: a
+    typed object, with a type or key error as one line naming the key. The schema holds only types; a key the node
+    lacks (a checkpoint saved before the key existed) takes the default of the shipped YAML of the node's option."""
+    defaults = shipped_group(where, str(node.get("name"))) or {}
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), defaults, node))
     except OmegaConfBaseException as e:
         key = f"{where}.{e.full_key}" if getattr(e, "full_key", None) else where
         raise ConfigError(f"{key}: {str(e).splitlines()[0]}") from None

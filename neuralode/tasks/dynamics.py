@@ -38,46 +38,48 @@ from neuralode.tasks.base import StepOutput, check, validated
 from neuralode.utils.files import read_jsonl
 
 
+# The types of the task's config groups. Their defaults and what each key means live once, in the YAML files
+# (configs/task/dynamics.yaml, configs/data/<cubic|lotka_volterra>.yaml, configs/model/<name>.yaml).
 @dataclass
 class DynamicsTaskConfig:
-    name: str = "dynamics"
-    default_tol: float = 1e-5
-    lr: float = 0.01               # Adam
-    lr_schedule: str = "cosine"    # cosine: half a cosine to 0 over the run's steps | constant
-    iters_per_epoch: int = 100
-    figure_grid: int = 25          # stream-plot grid points per axis
+    name: str
+    default_tol: float
+    lr: float
+    lr_schedule: str
+    iters_per_epoch: int
+    figure_grid: int
 
 
 @dataclass
 class DynamicsDataConfig:
-    name: str = "cubic"
-    seed: Optional[int] = None     # data set seed; null: the run's seed
-    t_end: float = 1.5             # training span [0, t_end]
-    n_points: int = 16             # observations per trajectory in the training span
-    extrapolate: float = 1.0       # held-out horizon after the training span, as a fraction of its length
-    noise_std: float = 0.0
-    irregular: bool = False        # per trajectory: t=0 and n_points - 1 uniform random times
-    n_trajectories: int = 1        # training initial conditions (the system's y(0) first)
-    n_test: int = 16               # unseen initial conditions
-    ic_scale_min: float = 0.5      # region of initial conditions (data/dynamics.py)
-    window: int = 0                # observations per training window; 0: whole trajectories
-    batch_size: int = 1            # windows (or trajectories) per step
+    name: str
+    seed: Optional[int]
+    t_end: float
+    n_points: int
+    extrapolate: float
+    noise_std: float
+    irregular: bool
+    n_trajectories: int
+    n_test: int
+    ic_scale_min: float
+    window: int
+    batch_size: int
 
 
 @dataclass
 class FieldModelConfig:  # node, resnet_euler
-    name: str = "node"
-    hidden: int = 50
-    hidden_layers: int = 1
-    cubic_feature: bool = False    # the MLP also reads y^3 (the course's input feature for the cubic oscillator)
+    name: str
+    hidden: int
+    hidden_layers: int
+    cubic_feature: bool
 
 
 @dataclass
 class RNNModelConfig:  # rnn, rnn_dt
-    name: str = "rnn"
-    hidden: int = 25
-    cell: str = "gru"
-    use_dt: bool = False           # read the time gap to the next output
+    name: str
+    hidden: int
+    cell: str
+    use_dt: bool
 
 
 MODEL_SCHEMAS: dict[str, type] = {"node": FieldModelConfig, "resnet_euler": FieldModelConfig,

@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,52 +34,51 @@ from neuralode.tasks.base import StepOutput, check, validated
 log = logging.getLogger(__name__)
 
 
+# The types of the task's config groups. Their defaults and what each key means live once, in the YAML files
+# (configs/task/mnist.yaml, configs/data/<mnist|fashion_mnist|digits>.yaml, configs/model/<name>.yaml).
 @dataclass
 class MnistTaskConfig:
-    name: str = "mnist"
-    default_tol: float = 1e-3
-    lr: float = 0.1  # for batch 128; the optimiser uses lr * min(data.batch_size, training images) / 128
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    # step: the paper's decays x lr_decay_factor at fractions lr_decay_at of the training steps (60, 100, 140
-    # of its 160 epochs); cosine: half a cosine from lr to 0 over the training steps.
-    lr_schedule: str = "step"
-    # Fractions of the run's SGD steps, so shortened schedules (profile=quick) keep the same shape.
-    lr_decay_at: list[float] = field(default_factory=lambda: [0.375, 0.625, 0.875])
-    lr_decay_factor: float = 0.1
+    name: str
+    default_tol: float
+    lr: float
+    momentum: float
+    weight_decay: float
+    lr_schedule: str
+    lr_decay_at: list[float]
+    lr_decay_factor: float
 
 
 @dataclass
 class MnistDataConfig:
-    name: str = "mnist"
-    root: str | None = None  # IDX files directly inside, or torchvision's root/<Class>/raw; null: cache_dir
-    cache_dir: str = "~/.cache/neuralode/data"  # downloads go here when root is null or read-only
-    download: bool = True
-    batch_size: int = 128
-    test_batch_size: int = 1000
-    limit_train: int | None = None  # use only the first N training images
-    limit_test: int | None = None
-    augment: bool = True  # random 28x28 crop of the image zero-padded by crop_padding
-    crop_padding: int = 4
+    name: str
+    root: str | None
+    cache_dir: str
+    download: bool
+    batch_size: int
+    test_batch_size: int
+    limit_train: int | None
+    limit_test: int | None
+    augment: bool
+    crop_padding: int
 
 
 @dataclass
 class ConvModelConfig:  # odenet, rknet
-    name: str = "odenet"
-    channels: int = 64
+    name: str
+    channels: int
 
 
 @dataclass
 class ResNetConfig:
-    name: str = "resnet"
-    channels: int = 64
-    num_blocks: int = 6
+    name: str
+    channels: int
+    num_blocks: int
 
 
 @dataclass
 class MLPConfig:
-    name: str = "mlp"
-    hidden: int = 300
+    name: str
+    hidden: int
 
 
 LR_SCHEDULES = ("step", "cosine")

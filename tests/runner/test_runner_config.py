@@ -15,10 +15,11 @@ from neuralode.utils.runtime import resolve_solver
 def test_defaults_pick_every_group():
     cfg = compose_config(hydra=True)
     choices = cfg.hydra.runtime.choices
-    assert (choices.task, choices.solver, choices.trainer, choices.profile) == ("mnist", "dopri5", "default", "quick")
+    assert (choices.task, choices.solver, choices.profile) == ("mnist", "dopri5", "quick")
     assert (cfg.task.name, cfg.model.name, cfg.data.name, cfg.profile.name) == ("mnist", "odenet", "mnist", "quick")
     assert cfg.solver.method == "dopri5" and cfg.solver.tol is None and cfg.solver.adjoint is True
     assert cfg.seed == 0 and cfg.device == "auto"
+    assert (cfg.trainer.resume, cfg.trainer.progress, cfg.trainer.log_every_steps) == (True, "auto", 50)  # the schema's
     validate(compose_config())
 
 

@@ -158,3 +158,14 @@ def test_labels_out_of_range_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(ValueError) as err:
         build_on_cpu(make_cfg(root))
     assert "labels must lie in 0..9 for fashion_mnist, found 12..12" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_schema_holds_types_and_the_yaml_the_defaults() -> None:
+    """A key a config lacks (a checkpoint saved before the key existed) takes the shipped YAML's value, once."""
+    from neuralode.tasks.base import validated
+    from neuralode.tasks.mnist import MnistDataConfig, MnistTaskConfig
+
+    task = validated(MnistTaskConfig, {"name": "mnist", "lr": 0.2}, "task")
+    shipped = OmegaConf.load(CONFIGS / "task" / "mnist.yaml").task
+    assert task.lr == 0.2 and (task.momentum, task.lr_decay_at) == (shipped.momentum, list(shipped.lr_decay_at))
+    assert validated(MnistDataConfig, {"name": "digits"}, "data").crop_padding == 2  # digits.yaml's, not mnist.yaml's
