@@ -90,6 +90,6 @@ def load_run(run_dir: str | Path, device: str = "auto", task_module: str | None 
     """The run trained into ``run_dir``: config and weights from its last checkpoint, metrics from metrics.jsonl.
     ``task_module``: a plug-in task's module, which a checkpoint's own word never selects (shipped tasks need
     none)."""
-    task, ckpt, _ = restore_task(run_dir, device=device, task_module=task_module)
+    task, ckpt, _, _ = restore_task(run_dir, device=device, task_module=task_module)
     return Run(run_dir=Path(run_dir), config=OmegaConf.create(ckpt["config"]),
                metrics=MetricsFile(Path(run_dir) / "metrics.jsonl").records(), task=task, task_module=task_module)

@@ -37,9 +37,11 @@ class SolverConfig:
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 10
+    epochs: int = 10                # profile=<name> sets it per task (configs/task_profile/)
     resume: bool = True             # continue from <run dir>/checkpoints/last.pt when it exists
-    progress: Any = "auto"          # tqdm bar per epoch: true, false, or auto (only on a terminal, not in sweeps)
+    # tqdm bar per epoch (loss, NFE): auto draws it only on a terminal, not in a sweep; elsewhere (and with
+    # false) one line per epoch
+    progress: Any = "auto"
     figures_every: int = 0          # also save figures every N epochs (0: only at the end)
     log_every_steps: int = 50       # TensorBoard loss, lr and NFE every N optimiser steps (0: never)
     threads: Optional[int] = None   # torch.set_num_threads; None leaves torch's default
@@ -69,7 +71,7 @@ class Config:
     regularize: RegularizeConfig = field(default_factory=RegularizeConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     seed: int = 0
-    device: str = "auto"
+    device: str = "auto"            # auto | cpu | cuda | cuda:N
 
 
 @dataclass
@@ -255,7 +257,7 @@ def _check_keys(node: Any, schema: type, prefix: str) -> None:
                               f"{schema.__name__} has: {', '.join(known)}")
 
 
-def _shipped_group(group: str, name: str) -> dict[str, Any] | None:
+def shipped_group(group: str, name: str) -> dict[str, Any] | None:
     """The keys and default values of ``configs/<group>/<name>.yaml`` (a task file's ``task:`` node); None for a
     plug-in group file outside the shipped configs, which checks its own keys."""
     path = config_dir() / group / f"{name}.yaml"
@@ -296,13 +298,13 @@ def _check_group(cfg: DictConfig, group: str) -> None:
     the YAML files are the schema of the task, model and data groups (a typo would otherwise be ignored)."""
     node = cfg.get(group)
     option = cfg.task.get("name") if group == "task" else (node or {}).get("name")
-    shipped = _shipped_group(group, str(option)) if option is not None else None
+    shipped = shipped_group(group, str(option)) if option is not None else None
     if shipped is None:
         return
     for key, value in OmegaConf.to_container(node).items():
         if key not in shipped:
             task_default = _task_default(str(cfg.task.name), group)
-            if task_default not in (None, option) and key in (_shipped_group(group, task_default) or {}):
+            if task_default not in (None, option) and key in (shipped_group(group, task_default) or {}):
                 # The task (or its profile) set a key of its own kind of data/model: the choice is what is wrong.
                 raise ConfigError(f"task={cfg.task.name} needs {group}={task_default} (or another {group} with its "
                                   f"keys); {group}={option} has no {group}.{key}")

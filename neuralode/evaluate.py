@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,7 +22,13 @@ from neuralode.errors import CheckpointError
 from neuralode.models.odeblock import SolverSpec
 from neuralode.tasks import Task
 from neuralode.utils.checkpoint import checkpoint_config, checkpoint_path, load_checkpoint, restore_part
-from neuralode.utils.runtime import build_task_from_config, measure_evaluation, resolve_device, seed_everything
+from neuralode.utils.runtime import (
+    build_task_from_config,
+    measure_evaluation,
+    resolve_device,
+    resolve_solver,
+    seed_everything,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +46,12 @@ def evaluate_checkpoint(checkpoint: str | Path, solver: Mapping[str, Any] | None
     checkpoint's own word is never enough to import a module). Returns the resolved solver, the task's
     metrics, ``nfe_eval`` and ``eval_time_s``.
     """
-    task, ckpt, cfg = restore_task(checkpoint, solver, data, device, task_module=task_module)
-    spec = SolverSpec.from_config(cfg.solver, default_tol=cfg.task.default_tol)
-    metrics = measure_evaluation(task, resolve_device(device))
+    restored = restore_task(checkpoint, solver, data, device, task_module=task_module)
+    spec, cfg = restored.solver, restored.config
+    metrics = measure_evaluation(restored.task, resolve_device(device))
     return {
         "checkpoint": str(checkpoint_path(checkpoint)),
-        "epoch": ckpt["epoch"],
+        "epoch": restored.checkpoint["epoch"],
         "task": cfg.task.name,
         "model": cfg.model.get("name"),
         "solver": solver_label(spec.method, spec.options),
@@ -58,12 +64,22 @@ def evaluate_checkpoint(checkpoint: str | Path, solver: Mapping[str, Any] | None
     }
 
 
+class RestoredTask(NamedTuple):
+    """A checkpoint's task rebuilt with its trained weights, the checkpoint, its (patched) config and the solver
+    the task was built with."""
+
+    task: Task
+    checkpoint: dict[str, Any]
+    config: DictConfig
+    solver: SolverSpec
+
+
 def restore_task(checkpoint: str | Path, solver: Mapping[str, Any] | None = None,
                  data: Mapping[str, Any] | None = None, device: str = "auto",
-                 task_name: str | None = None, task_module: str | None = None) -> tuple[Task, dict[str, Any], DictConfig]:
-    """The task of a checkpoint (a run dir or ``.pt``) rebuilt with its trained weights: ``(task, checkpoint,
-    config)``. ``solver``, ``data`` and ``task_module`` as in :func:`evaluate_checkpoint`; ``task_name``
-    refuses, before any data loads, a checkpoint of another task."""
+                 task_name: str | None = None, task_module: str | None = None) -> RestoredTask:
+    """The task of a checkpoint (a run dir or ``.pt``) rebuilt with its trained weights. ``solver``, ``data`` and
+    ``task_module`` as in :func:`evaluate_checkpoint`; ``task_name`` refuses, before any data loads, a checkpoint
+    of another task."""
     solver = {k: v for k, v in (solver or {}).items() if v is not None}
     validate_solver(solver)
     validate_device(device)
@@ -77,9 +93,10 @@ def restore_task(checkpoint: str | Path, solver: Mapping[str, Any] | None = None
     if data:
         cfg.data = OmegaConf.merge(cfg.data, dict(data))
     seed_everything(cfg.seed)  # the same subsets/augmentations as at training time, whatever the solver
-    task = build_task_from_config(cfg, resolve_device(device))
+    spec = resolve_solver(cfg)
+    task = build_task_from_config(cfg, resolve_device(device), spec)
     restore_part(path, "model weights", lambda: task.model.load_state_dict(ckpt["model"]))
-    return task, ckpt, cfg
+    return RestoredTask(task, ckpt, cfg, spec)
 
 
 def _patched_solver(saved: DictConfig, changes: Mapping[str, Any]) -> DictConfig:

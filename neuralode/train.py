@@ -54,6 +54,7 @@ from neuralode.utils.runtime import (
     measure_evaluation,
     preserved_rng,
     resolve_device,
+    resolve_solver,
     seed_everything,
     synchronize,
 )
@@ -99,9 +100,11 @@ def _train(cfg: DictConfig, run_dir: Path, stop: StopSignals, on_accepted: Calla
     ckpt = _resumable_checkpoint(cfg, config, ckpt_path) if cfg.trainer.resume and ckpt_path.exists() else None
 
     seed_everything(cfg.seed)
-    task = build_task_from_config(cfg, device)
+    solver = resolve_solver(cfg)
+    task = build_task_from_config(cfg, device, solver)
     _check_regularized(cfg, task)
-    optimizer, scheduler = task.configure_optimizers()
+    epochs = cfg.trainer.epochs
+    optimizer, scheduler = task.configure_optimizers(epochs)
     done = ckpt["epoch"] if ckpt is not None else 0
     history: list[dict[str, Any]] = []
     if ckpt is not None:
@@ -112,7 +115,6 @@ def _train(cfg: DictConfig, run_dir: Path, stop: StopSignals, on_accepted: Calla
     if done:
         log.info(f"resuming {run_dir} after epoch {done}")
 
-    epochs = cfg.trainer.epochs
     per_step = getattr(task, "lr_interval", "epoch") == "step"
     step = ckpt.get("step", 0) if done else 0
     tb = TensorBoardLog(run_dir, first_epoch=done + 1, first_step=step + 1, every_steps=cfg.trainer.log_every_steps)
@@ -125,7 +127,7 @@ def _train(cfg: DictConfig, run_dir: Path, stop: StopSignals, on_accepted: Calla
                                           lambda: stop.check(f"during epoch {epoch}/{epochs}, which is dropped; "
                                                              + _resume_hint(ckpt_path, epoch - 1)))
             except (MaxNumStepsError, NonFiniteError) as e:
-                raise TrainingError(_failure_message(e, cfg, epoch, epochs, epoch - 1, ckpt_path)) from e
+                raise TrainingError(_failure_message(e, cfg, solver, epoch, epochs, epoch - 1, ckpt_path)) from e
             history.append(record)
             if scheduler is not None and not per_step:
                 scheduler.step()
@@ -156,7 +158,7 @@ def _train(cfg: DictConfig, run_dir: Path, stop: StopSignals, on_accepted: Calla
         paths = _save_figures(task, run_dir)
         if done < epochs:
             tb.figures(paths, epochs)
-            tb.hparams(_with_resolved_tolerances(config, cfg), record)
+            tb.hparams(_with_resolved_tolerances(config, solver), record)
         stop.check("after the run finished; nothing is lost")  # a stop asked during the figures ends a sweep too
     finally:
         tb.close()
@@ -248,11 +250,12 @@ class TrainingError(NeuralodeError, ValueError):
     """Training cannot go on as configured (diverged, solver gave up); the message says why and what to change."""
 
 
-def _failure_message(error: Exception, cfg: DictConfig, epoch: int, epochs: int, kept: int, ckpt_path: Path) -> str:
+def _failure_message(error: Exception, cfg: DictConfig, solver: SolverSpec, epoch: int, epochs: int, kept: int,
+                     ckpt_path: Path) -> str:
     """One line: what failed where, the likely causes with the keys to change, and what was kept."""
     lr = cfg.task.get("lr")
     lr_now = f" (task.lr={lr} now)" if lr is not None else ""
-    tol = cfg.solver.rtol or cfg.solver.tol or cfg.task.get("default_tol")
+    tol = solver.rtol
     if isinstance(error, MaxNumStepsError):
         causes = (f"the dynamics grew too stiff for the step cap: a learning rate too high{lr_now} blows them up, "
                   f"or the tolerance (rtol {tol}) is tighter than needed; lower task.lr, loosen solver.tol or "
@@ -273,14 +276,10 @@ def _first_sentence(error: Exception) -> str:
     return str(error).split("; ")[0].rstrip(".")
 
 
-def _with_resolved_tolerances(config: dict[str, Any], cfg: DictConfig) -> dict[str, Any]:
+def _with_resolved_tolerances(config: dict[str, Any], solver: SolverSpec) -> dict[str, Any]:
     """The config with the tolerances the solver used in place of nulls (``solver.tol=null``: the task's default)."""
-    default_tol = cfg.task.get("default_tol")
-    if default_tol is None:
-        return config
-    spec = SolverSpec.from_config(cfg.solver, default_tol=default_tol)
-    tol = spec.rtol if spec.rtol == spec.atol else None
-    return {**config, "solver": {**config["solver"], "tol": tol, "rtol": spec.rtol, "atol": spec.atol}}
+    tol = solver.rtol if solver.rtol == solver.atol else None
+    return {**config, "solver": {**config["solver"], "tol": tol, "rtol": solver.rtol, "atol": solver.atol}}
 
 
 def _run_epoch(task: Task, optimizer: torch.optim.Optimizer, step_scheduler: torch.optim.lr_scheduler.LRScheduler | None,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import statistics
 import sys
 
@@ -25,9 +24,8 @@ from neuralode.solvers.controller import CONTROLLERS
 
 def configure(model: nn.Module, tol: float, adjoint: bool, controller: str) -> None:
     for block in ode_blocks(model):
-        options = {**block.solver.options, "controller": controller}
-        block.solver = dataclasses.replace(block.solver, rtol=tol, atol=tol, adjoint=adjoint, options=options,
-                                           adjoint_options={})
+        block.use_solver(rtol=tol, atol=tol, adjoint=adjoint, options={**block.solver.options, "controller": controller},
+                         adjoint_options={})
 
 
 def gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

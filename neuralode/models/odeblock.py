@@ -1,6 +1,7 @@
 """An ``nn.Module`` that integrates a dynamics module with the configured solver and counts its work."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ class SolverSpec:
     adjoint_options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, solver_cfg: Mapping[str, Any], default_tol: float) -> "SolverSpec":
+    def from_config(cls, solver_cfg: Mapping[str, Any], default_tol: float | None) -> "SolverSpec":
         """Resolve ``tol``/``rtol``/``atol``: ``tol`` (or the task's default) sets both, each may override.
         The adaptive methods get the runner's policy (``RUNNER_OPTIONS``, each where the method takes it) unless
         the options set it."""
@@ -105,6 +106,19 @@ class ODEBlock(nn.Module):
         self.register_buffer("default_t", torch.tensor([0.0, 1.0]) if t is None else t.clone(), persistent=False)
         self.stats = SolveStats()
         self.penalties: dict[str, torch.Tensor] = {}
+
+    def use_solver(self, *, method: str | None = None, rtol: float | None = None, atol: float | None = None,
+                   adjoint: bool | None = None, options: Mapping[str, Any] | None = None,
+                   adjoint_options: Mapping[str, Any] | None = None) -> None:
+        """Solve with these changes to the block's solver from now on; None keeps a setting. For re-solving a
+        trained model at another tolerance, method or gradient. ``options`` and ``adjoint_options`` replace the
+        current ones whole: a method's options may mean nothing to another."""
+        changes: dict[str, Any] = {"method": method, "rtol": rtol, "atol": atol, "adjoint": adjoint}
+        if options is not None:
+            changes["options"] = dict(options)
+        if adjoint_options is not None:
+            changes["adjoint_options"] = dict(adjoint_options)
+        self.solver = dataclasses.replace(self.solver, **{k: v for k, v in changes.items() if v is not None})
 
     def regularizing(self) -> bool:
         """Whether this call trains (module in training mode, gradients recorded) with a regulariser on."""

@@ -52,16 +52,13 @@ def ode_blocks(model: nn.Module) -> list[ODEBlock]:
 def set_method(model: nn.Module, method: str, options: dict[str, Any]) -> None:
     """Solve every ODE block of ``model`` with ``method`` and ``options`` (forward and adjoint alike)."""
     for block in ode_blocks(model):
-        block.solver = dataclasses.replace(block.solver, method=method, options=dict(options), adjoint_options={})
+        block.use_solver(method=method, options=options, adjoint_options={})
 
 
 def set_tolerance(model: nn.Module, tol: float, *, adjoint: bool | None = None) -> None:
     """Solve every ODE block of ``model`` at rtol = atol = ``tol`` (and optionally switch the adjoint)."""
     for block in ode_blocks(model):
-        changes: dict[str, Any] = {"rtol": tol, "atol": tol}
-        if adjoint is not None:
-            changes["adjoint"] = adjoint
-        block.solver = dataclasses.replace(block.solver, **changes)
+        block.use_solver(rtol=tol, atol=tol, adjoint=adjoint)
 
 
 class _BlockOutputs:
@@ -445,7 +442,7 @@ def load_odenet(checkpoint: str | Path, batch_size: int | None, device: str = "c
     and labels."""
     from neuralode.evaluate import restore_task
 
-    task, ckpt, cfg = restore_task(checkpoint, data=data, device=device, task_name="mnist")
+    task, ckpt, cfg, _ = restore_task(checkpoint, data=data, device=device, task_name="mnist")
     ode_blocks(task.model)  # fail early, with a clear message, on a model without an ODE block
     x, labels = task.test_inputs(batch_size)
     info = {"checkpoint": str(checkpoint), "epoch": int(ckpt["epoch"]), "model": cfg.model.name,

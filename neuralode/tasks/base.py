@@ -11,7 +11,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
+from neuralode.config import shipped_group
 from neuralode.errors import ConfigError
+from neuralode.models.odeblock import SolverSpec
 
 
 @dataclass
@@ -51,8 +53,10 @@ class Task(Protocol):
         """Held-out metrics (e.g. ``test_acc``, ``test_rmse``, ``test_nll``), computed under no_grad where possible."""
         ...
 
-    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
-        """Optimiser and an optional LR scheduler (stepped as ``lr_interval`` says), as this task trains."""
+    def configure_optimizers(self, epochs: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+        """Optimiser and an optional LR scheduler (stepped as ``lr_interval`` says), as this task trains for
+        ``epochs`` epochs: the run's length as the trainer resolved it (a resumed run given more epochs stretches
+        a schedule over them)."""
         ...
 
     def save_figures(self, out_dir: Path) -> list[Path]:
@@ -60,11 +64,25 @@ class Task(Protocol):
         ...
 
 
+class TaskBuilder(Protocol):
+    """A task module's ``build``: the task from the composed config, on ``device``, integrating with ``solver``.
+
+    The runner resolves ``solver`` once from the ``solver`` config group (``solver.tol`` or ``task.default_tol``
+    into rtol/atol, and its own controller and step cap) and hands the same spec to every ODE block the task
+    builds; a task does not resolve the solver config itself.
+    """
+
+    def __call__(self, cfg: Any, device: torch.device, solver: SolverSpec) -> Task:
+        ...
+
+
 def validated(schema: type, node: Any, where: str) -> Any:
-    """Merge the config ``node`` into the dataclass ``schema``'s defaults: a typed object, with a type or key
-    error as one line naming the key (``where`` is its group, e.g. ``data``)."""
+    """The config ``node`` of the group ``where`` (``task``, ``data`` or ``model``) as the dataclass ``schema``: a
+    typed object, with a type or key error as one line naming the key. The schema holds only types; a key the node
+    lacks (a checkpoint saved before the key existed) takes the default of the shipped YAML of the node's option."""
+    defaults = shipped_group(where, str(node.get("name"))) or {}
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), defaults, node))
     except OmegaConfBaseException as e:
         key = f"{where}.{e.full_key}" if getattr(e, "full_key", None) else where
         raise ConfigError(f"{key}: {str(e).splitlines()[0]}") from None

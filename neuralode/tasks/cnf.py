@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from neuralode.data import toy2d
 from neuralode.models.cnf import CNF
+from neuralode.models.odeblock import SolverSpec
 from neuralode.tasks.base import StepOutput
 from neuralode.tasks.flow2d import Flow2DTask, density_panel, finish_panel, in_chunks, samples_panel
 
@@ -26,8 +27,8 @@ class CNFTask(Flow2DTask):
 
     data_kind = "samples"
 
-    def __init__(self, cfg: Any, device: torch.device) -> None:
-        super().__init__(cfg, device, "cnf", f"one of: {', '.join(toy2d.SAMPLERS)}")
+    def __init__(self, cfg: Any, device: torch.device, solver: SolverSpec) -> None:
+        super().__init__(cfg, device, solver, "cnf", f"one of: {', '.join(toy2d.SAMPLERS)}")
         self.sampler = partial(toy2d.sampler(cfg.data.name), **dict(cfg.data.get("params") or {}))
         self.test_x = self.sampler(int(cfg.task.test_size), self.held_out).to(device)
         self.base_snapshot = torch.randn(int(cfg.task.snapshot_samples), 2, generator=self.held_out).to(device)
@@ -85,5 +86,5 @@ class CNFTask(Flow2DTask):
         return path
 
 
-def build(cfg: Any, device: torch.device) -> CNFTask:
-    return CNFTask(cfg, device)
+def build(cfg: Any, device: torch.device, solver: SolverSpec) -> CNFTask:
+    return CNFTask(cfg, device, solver)

@@ -14,6 +14,7 @@ import torch
 from matplotlib.figure import Figure
 
 from neuralode.data import toy2d
+from neuralode.models.odeblock import SolverSpec
 from neuralode.tasks.base import StepOutput
 from neuralode.tasks.flow2d import Flow2DTask, density_panel, finish_panel
 
@@ -25,8 +26,8 @@ class CNFMatchTask(Flow2DTask):
 
     data_kind = "potential"
 
-    def __init__(self, cfg: Any, device: torch.device) -> None:
-        super().__init__(cfg, device, "cnf_match", f"one of: {', '.join(toy2d.POTENTIALS)}")
+    def __init__(self, cfg: Any, device: torch.device, solver: SolverSpec) -> None:
+        super().__init__(cfg, device, solver, "cnf_match", f"one of: {', '.join(toy2d.POTENTIALS)}")
         self.potential = toy2d.potential(cfg.data.name)
         self.log_z = toy2d.log_normaliser(self.potential)
         self.eval_z0 = torch.randn(int(cfg.task.eval_samples), 2, generator=self.held_out).to(device)
@@ -79,5 +80,5 @@ class CNFMatchTask(Flow2DTask):
         return f"CNF M={m.width}" if m.name == "cnf" else f"planar K={m.flows}"
 
 
-def build(cfg: Any, device: torch.device) -> CNFMatchTask:
-    return CNFMatchTask(cfg, device)
+def build(cfg: Any, device: torch.device, solver: SolverSpec) -> CNFMatchTask:
+    return CNFMatchTask(cfg, device, solver)

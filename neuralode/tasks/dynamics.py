@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
@@ -37,46 +38,48 @@ from neuralode.tasks.base import StepOutput, check, validated
 from neuralode.utils.files import read_jsonl
 
 
+# The types of the task's config groups. Their defaults and what each key means live once, in the YAML files
+# (configs/task/dynamics.yaml, configs/data/<cubic|lotka_volterra>.yaml, configs/model/<name>.yaml).
 @dataclass
 class DynamicsTaskConfig:
-    name: str = "dynamics"
-    default_tol: float = 1e-5
-    lr: float = 0.01               # Adam
-    lr_schedule: str = "cosine"    # cosine: half a cosine to 0 over the run's steps | constant
-    iters_per_epoch: int = 100
-    figure_grid: int = 25          # stream-plot grid points per axis
+    name: str
+    default_tol: float
+    lr: float
+    lr_schedule: str
+    iters_per_epoch: int
+    figure_grid: int
 
 
 @dataclass
 class DynamicsDataConfig:
-    name: str = "cubic"
-    seed: Optional[int] = None     # data set seed; null: the run's seed
-    t_end: float = 1.5             # training span [0, t_end]
-    n_points: int = 16             # observations per trajectory in the training span
-    extrapolate: float = 1.0       # held-out horizon after the training span, as a fraction of its length
-    noise_std: float = 0.0
-    irregular: bool = False        # per trajectory: t=0 and n_points - 1 uniform random times
-    n_trajectories: int = 1        # training initial conditions (the system's y(0) first)
-    n_test: int = 16               # unseen initial conditions
-    ic_scale_min: float = 0.5      # region of initial conditions (data/dynamics.py)
-    window: int = 0                # observations per training window; 0: whole trajectories
-    batch_size: int = 1            # windows (or trajectories) per step
+    name: str
+    seed: Optional[int]
+    t_end: float
+    n_points: int
+    extrapolate: float
+    noise_std: float
+    irregular: bool
+    n_trajectories: int
+    n_test: int
+    ic_scale_min: float
+    window: int
+    batch_size: int
 
 
 @dataclass
 class FieldModelConfig:  # node, resnet_euler
-    name: str = "node"
-    hidden: int = 50
-    hidden_layers: int = 1
-    cubic_feature: bool = False    # the MLP also reads y^3 (the course's input feature for the cubic oscillator)
+    name: str
+    hidden: int
+    hidden_layers: int
+    cubic_feature: bool
 
 
 @dataclass
 class RNNModelConfig:  # rnn, rnn_dt
-    name: str = "rnn"
-    hidden: int = 25
-    cell: str = "gru"
-    use_dt: bool = False           # read the time gap to the next output
+    name: str
+    hidden: int
+    cell: str
+    use_dt: bool
 
 
 MODEL_SCHEMAS: dict[str, type] = {"node": FieldModelConfig, "resnet_euler": FieldModelConfig,
@@ -93,7 +96,7 @@ def validate_config(cfg: DictConfig) -> tuple[DynamicsTaskConfig, DynamicsDataCo
     task = validated(DynamicsTaskConfig, cfg.task, "task")
     data = validated(DynamicsDataConfig, cfg.data, "data")
     model = validated(MODEL_SCHEMAS[model_name], cfg.model, "model")
-    check(task.default_tol > 0 and task.lr > 0, f"task.default_tol and task.lr must be > 0, got {task.default_tol}, {task.lr}")
+    check(task.lr > 0, f"task.lr must be > 0, got {task.lr}")
     check(task.lr_schedule in LR_SCHEDULES,
           f"task.lr_schedule={task.lr_schedule!r} is unknown; use one of: {', '.join(LR_SCHEDULES)}")
     check(task.iters_per_epoch >= 1 and task.figure_grid >= 2,
@@ -127,12 +130,11 @@ class DynamicsTask:
     lr_interval = "step"
 
     def __init__(self, data: DynamicsData, model: nn.Module, *, model_name: str, task: DynamicsTaskConfig,
-                 window: int, batch_size: int, epochs: int, seed: int) -> None:
+                 window: int, batch_size: int, seed: int) -> None:
         self.data, self.model, self.model_name = data, model, model_name
         self.cfg = task
         self.window = window or data.train.times.shape[1]
         self.batch_size, self.seed = batch_size, seed
-        self.total_steps = epochs * task.iters_per_epoch
 
     def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """``iters_per_epoch`` batches of ``batch_size`` random windows (times [B, W], observed values [B, W, D])."""
@@ -172,14 +174,16 @@ class DynamicsTask:
             metrics["field_rel_l2"] = relative_l2(self.model.vector_field(states), d.system.field(states))
         return metrics
 
-    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    def configure_optimizers(self, epochs: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
         opt = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr)
-        return opt, torch.optim.lr_scheduler.LambdaLR(opt, self.lr_factor)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, partial(self.lr_factor, epochs=epochs))
 
-    def lr_factor(self, completed_steps: int) -> float:
+    def lr_factor(self, completed_steps: int, epochs: int) -> float:
+        """LR multiplier for the step after ``completed_steps`` of a run of ``epochs`` epochs."""
         if self.cfg.lr_schedule == "constant":
             return 1.0
-        return 0.5 * (1 + math.cos(math.pi * min(completed_steps, self.total_steps) / self.total_steps))
+        total_steps = epochs * self.cfg.iters_per_epoch
+        return 0.5 * (1 + math.cos(math.pi * min(completed_steps, total_steps) / total_steps))
 
     @torch.no_grad()
     def save_figures(self, out_dir: Path) -> list[Path]:
@@ -335,7 +339,7 @@ def build_model(model_cfg: Any, data: DynamicsData, solver: SolverSpec,
     return NeuralODE(field, solver, regularization) if model_cfg.name == "node" else ResNetEuler(field, data.dt)
 
 
-def build(cfg: DictConfig, device: torch.device) -> DynamicsTask:
+def build(cfg: DictConfig, device: torch.device, solver: SolverSpec) -> DynamicsTask:
     task, d, model_cfg = validate_config(cfg)
     regularization = regularization_from_config(
         cfg.get("regularize"), model_cfg.name, has_ode=model_cfg.name == "node",
@@ -344,7 +348,6 @@ def build(cfg: DictConfig, device: torch.device) -> DynamicsTask:
                              noise_std=d.noise_std, irregular=d.irregular, n_trajectories=d.n_trajectories,
                              n_test=d.n_test, ic_scale_min=d.ic_scale_min,
                              seed=int(cfg.seed if d.seed is None else d.seed)).to(device)
-    model = build_model(model_cfg, data, SolverSpec.from_config(cfg.solver, default_tol=task.default_tol),
-                        regularization).to(device)
+    model = build_model(model_cfg, data, solver, regularization).to(device)
     return DynamicsTask(data, model, model_name=model_cfg.name, task=task, window=d.window, batch_size=d.batch_size,
-                        epochs=int(cfg.trainer.epochs), seed=int(cfg.seed))
+                        seed=int(cfg.seed))

@@ -21,19 +21,19 @@ class Flow2DTask:
 
     data_kind: str  # "samples" (task=cnf) or "potential" (task=cnf_match)
 
-    def __init__(self, cfg: Any, device: torch.device, task: str, valid: str) -> None:
+    def __init__(self, cfg: Any, device: torch.device, solver: SolverSpec, task: str, valid: str) -> None:
         if cfg.data.get("kind") != self.data_kind:
             raise ConfigError(f"task={task} needs a 2-D {self.data_kind} data set ({valid}); "
                               f"data={cfg.data.name} is not one")
         self.cfg, self.device = cfg, device
-        solver = SolverSpec.from_config(cfg.solver, default_tol=float(cfg.task.default_tol))
         is_cnf = cfg.model.name == "cnf"
         regularization = regularization_from_config(cfg.get("regularize"), cfg.model.name, has_ode=is_cnf,
                                                     steer_end=float(cfg.model.t1) if is_cnf else None)
         self.model: CNF | PlanarFlow = build_flow(cfg.model, solver, regularization=regularization).to(device)
         self.held_out = torch.Generator().manual_seed(int(cfg.seed) + HELD_OUT_SEED_OFFSET)
 
-    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, None]:
+    def configure_optimizers(self, epochs: int) -> tuple[torch.optim.Optimizer, None]:
+        """Adam at a constant lr, whatever the run's length ``epochs``."""
         return torch.optim.Adam(self.model.parameters(), lr=float(self.cfg.task.lr),
                                 weight_decay=float(self.cfg.task.get("weight_decay", 0.0))), None
 

@@ -15,7 +15,8 @@ import dataclasses
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,52 +34,51 @@ from neuralode.tasks.base import StepOutput, check, validated
 log = logging.getLogger(__name__)
 
 
+# The types of the task's config groups. Their defaults and what each key means live once, in the YAML files
+# (configs/task/mnist.yaml, configs/data/<mnist|fashion_mnist|digits>.yaml, configs/model/<name>.yaml).
 @dataclass
 class MnistTaskConfig:
-    name: str = "mnist"
-    default_tol: float = 1e-3
-    lr: float = 0.1  # for batch 128; the optimiser uses lr * min(data.batch_size, training images) / 128
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    # step: the paper's decays x lr_decay_factor at fractions lr_decay_at of the training steps (60, 100, 140
-    # of its 160 epochs); cosine: half a cosine from lr to 0 over the training steps.
-    lr_schedule: str = "step"
-    # Fractions of the run's SGD steps, so shortened schedules (profile=quick) keep the same shape.
-    lr_decay_at: list[float] = field(default_factory=lambda: [0.375, 0.625, 0.875])
-    lr_decay_factor: float = 0.1
+    name: str
+    default_tol: float
+    lr: float
+    momentum: float
+    weight_decay: float
+    lr_schedule: str
+    lr_decay_at: list[float]
+    lr_decay_factor: float
 
 
 @dataclass
 class MnistDataConfig:
-    name: str = "mnist"
-    root: str | None = None  # IDX files directly inside, or torchvision's root/<Class>/raw; null: cache_dir
-    cache_dir: str = "~/.cache/neuralode/data"  # downloads go here when root is null or read-only
-    download: bool = True
-    batch_size: int = 128
-    test_batch_size: int = 1000
-    limit_train: int | None = None  # use only the first N training images
-    limit_test: int | None = None
-    augment: bool = True  # random 28x28 crop of the image zero-padded by crop_padding
-    crop_padding: int = 4
+    name: str
+    root: str | None
+    cache_dir: str
+    download: bool
+    batch_size: int
+    test_batch_size: int
+    limit_train: int | None
+    limit_test: int | None
+    augment: bool
+    crop_padding: int
 
 
 @dataclass
 class ConvModelConfig:  # odenet, rknet
-    name: str = "odenet"
-    channels: int = 64
+    name: str
+    channels: int
 
 
 @dataclass
 class ResNetConfig:
-    name: str = "resnet"
-    channels: int = 64
-    num_blocks: int = 6
+    name: str
+    channels: int
+    num_blocks: int
 
 
 @dataclass
 class MLPConfig:
-    name: str = "mlp"
-    hidden: int = 300
+    name: str
+    hidden: int
 
 
 LR_SCHEDULES = ("step", "cosine")
@@ -96,7 +96,6 @@ def validate_config(cfg: DictConfig) -> tuple[MnistTaskConfig, MnistDataConfig, 
     data = validated(MnistDataConfig, cfg.data, "data")
     model = validated(_MODEL_SCHEMAS[model_name], cfg.model, "model")
 
-    check(task.default_tol > 0, f"task.default_tol must be > 0, got {task.default_tol}")
     check(task.lr > 0, f"task.lr must be > 0, got {task.lr}")
     check(task.lr_schedule in LR_SCHEDULES,
            f"task.lr_schedule={task.lr_schedule!r} is unknown; choose one of: {', '.join(LR_SCHEDULES)}")
@@ -140,14 +139,13 @@ def _to_input(images: torch.Tensor) -> torch.Tensor:
 class MnistTask:
     """Table 1 task: see the module docstring."""
 
-    def __init__(self, cfg: DictConfig, device: torch.device) -> None:
+    def __init__(self, cfg: DictConfig, device: torch.device, solver: SolverSpec) -> None:
         self.cfg_task, self.cfg_data, self.cfg_model = validate_config(cfg)
         # Before the data load: a regulariser the model cannot take is refused at once.
         regularization = regularization_from_config(cfg.get("regularize"), self.cfg_model.name,
                                                     has_ode=self.cfg_model.name in ODE_MODELS, steer_end=1.0)
         self.device = device
         self.seed = int(cfg.seed)
-        self.epochs = int(cfg.trainer.epochs)
         d = self.cfg_data
         train = load_split(d.name, True, d.root, d.cache_dir, d.download)
         test = load_split(d.name, False, d.root, d.cache_dir, d.download)
@@ -161,7 +159,6 @@ class MnistTask:
                 raise DataError(f"{split.source}: labels must lie in 0..{len(self.class_names) - 1} for {d.name}, "
                                 f"found {int(labels.min())}..{int(labels.max())}; are these the right label files?")
 
-        solver = SolverSpec.from_config(cfg.solver, self.cfg_task.default_tol)
         hyper = {k: v for k, v in dataclasses.asdict(self.cfg_model).items() if k != "name"}
         self.model = build_mnist_model(self.cfg_model.name, solver, regularization=regularization, **hyper).to(device)
         self.num_params = count_parameters(self.model)
@@ -212,26 +209,25 @@ class MnistTask:
     def steps_per_epoch(self) -> int:
         return -(-len(self.train_labels) // self.cfg_data.batch_size)
 
-    def lr_factor(self, completed_steps: int) -> float:
-        """LR multiplier for the SGD step after ``completed_steps``, from the fraction of the run's steps done.
-
-        Computed from the current trainer.epochs, so a resumed run with more epochs follows the longer run's
-        schedule. For 160 epochs the step schedule decays exactly after epochs 60, 100 and 140, as the paper.
+    def lr_factor(self, completed_steps: int, epochs: int) -> float:
+        """LR multiplier for the SGD step after ``completed_steps``, from the fraction done of the steps of a run
+        of ``epochs`` epochs (the trainer's, so a resumed run with more epochs follows the longer run's schedule).
+        For 160 epochs the step schedule decays exactly after epochs 60, 100 and 140, as the paper.
         """
         t = self.cfg_task
-        progress = completed_steps / (self.epochs * self.steps_per_epoch())
+        progress = completed_steps / (epochs * self.steps_per_epoch())
         if t.lr_schedule == "cosine":
             return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
         decays = sum(progress >= f - 1e-9 for f in t.lr_decay_at)
         return t.lr_decay_factor**decays
 
-    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    def configure_optimizers(self, epochs: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
         t = self.cfg_task
         # Scaled by the batch the steps actually see: data.batch_size=10**9 trains on every image at once, and
         # would otherwise scale the lr by millions.
         lr = t.lr * min(self.cfg_data.batch_size, len(self.train_labels)) / 128
         opt = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=t.momentum, weight_decay=t.weight_decay)
-        return opt, torch.optim.lr_scheduler.LambdaLR(opt, self.lr_factor)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, partial(self.lr_factor, epochs=epochs))
 
     def save_figures(self, out_dir: Path) -> list[Path]:
         """A grid of the first 16 test images with predicted (true) labels, and the test confusion matrix."""
@@ -301,5 +297,5 @@ class EpochBatches:
             yield _to_input(images), t.train_labels[idx]
 
 
-def build(cfg: DictConfig, device: torch.device) -> MnistTask:
-    return MnistTask(cfg, device)
+def build(cfg: DictConfig, device: torch.device, solver: SolverSpec) -> MnistTask:
+    return MnistTask(cfg, device, solver)

@@ -66,7 +66,8 @@ class PoissonTask:
         return {"test_nll": float(nll.mean()), "true_nll": self.true_test_nll,
                 "intensity_rmse": float((learned - truth).pow(2).mean().sqrt())}
 
-    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, None]:
+    def configure_optimizers(self, epochs: int) -> tuple[torch.optim.Optimizer, None]:
+        """Adam at a constant lr, whatever the run's length ``epochs``."""
         return torch.optim.Adam(self.model.parameters(), lr=self.lr), None
 
     @torch.no_grad()
@@ -104,7 +105,7 @@ class PoissonTask:
         return [path]
 
 
-def build(cfg: Any, device: torch.device) -> PoissonTask:
+def build(cfg: Any, device: torch.device, solver: SolverSpec) -> PoissonTask:
     d, m, tk = cfg.data, cfg.model, cfg.task
     if d.get("name") != "poisson":
         raise ConfigError(f"task=poisson needs data=poisson (event sequences generated in code), got data={d.get('name')}")
@@ -120,7 +121,6 @@ def build(cfg: Any, device: torch.device) -> PoissonTask:
         n_events = float(data.train.mask.sum()) / len(data.train)
         model: nn.Module = ConstantRate(data.t_end, init_rate=max(n_events / data.t_end, 1e-3))
     else:
-        solver = SolverSpec.from_config(cfg.solver, default_tol=float(tk.default_tol))
         model = LatentODEPoisson(solver, t_end=data.t_end, latent_dim=int(m.latent_dim), rec_hidden=int(m.rec_hidden),
                                  ode_hidden=int(m.ode_hidden), intensity_hidden=int(m.intensity_hidden),
                                  regularization=regularization)

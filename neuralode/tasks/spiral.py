@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,7 @@ class SpiralTask:
 
     def __init__(self, data: SpiralData, model: nn.Module, *, model_name: str, lr: float, batch_size: int,
                  iters_per_epoch: int, lr_decay: float, n_figure_spirals: int, seed: int,
-                 lr_schedule: str = "exponential", lr_hold: float = 0.0, lr_cycles: int = 1, epochs: int = 1) -> None:
+                 lr_schedule: str = "exponential", lr_hold: float = 0.0, lr_cycles: int = 1) -> None:
         if batch_size < 1 or iters_per_epoch < 1:
             raise ConfigError(f"task.batch_size and task.iters_per_epoch must be >= 1, got {batch_size}, {iters_per_epoch}")
         if not 0 < lr_decay <= 1:
@@ -66,16 +67,14 @@ class SpiralTask:
             raise ConfigError(f"task.lr_schedule must be one of: {', '.join(LR_SCHEDULES)}; got {lr_schedule!r}")
         if not 0 <= lr_hold < 1:
             raise ConfigError(f"task.lr_hold is the fraction of each lr cycle at the initial lr, in [0, 1); got {lr_hold}")
-        if lr_cycles < 1 or epochs % lr_cycles:
-            raise ConfigError(f"task.lr_cycles must be >= 1 and divide trainer.epochs={epochs}; got {lr_cycles}")
         self.data = data
         self.model = model
         self.model_name = model_name
         self.lr = lr
         self.lr_decay = lr_decay
         self.lr_schedule = lr_schedule
-        self.cycle_epochs = epochs // lr_cycles
-        self.hold_epochs = round(lr_hold * self.cycle_epochs)
+        self.lr_hold = lr_hold
+        self.lr_cycles = lr_cycles
         self.batch_size = min(batch_size, len(data.train))
         self.iters_per_epoch = iters_per_epoch
         self.n_figure_spirals = n_figure_spirals
@@ -123,19 +122,23 @@ class SpiralTask:
             "test_rmse_extrap": rmse(pred[:, half:], truth[:, half:], scored[:, half:]),
         }
 
-    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    def configure_optimizers(self, epochs: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        if self.lr_cycles < 1 or epochs % self.lr_cycles:
+            raise ConfigError(f"task.lr_cycles must be >= 1 and divide trainer.epochs={epochs}; got {self.lr_cycles}")
         opt = torch.optim.Adam(self.model.parameters(), lr=self.lr)
-        return opt, torch.optim.lr_scheduler.LambdaLR(opt, self.lr_factor)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, partial(self.lr_factor, epochs=epochs))
 
-    def lr_factor(self, completed_epochs: int) -> float:
-        """LR multiplier for the epoch after ``completed_epochs``. Within each of the ``lr_cycles`` equal cycles
-        (warm restarts): held at 1 for the first ``hold_epochs``, then x``lr_decay`` per epoch (exponential) or
-        half a cosine down to 0 at the cycle's end (cosine)."""
-        k = completed_epochs % self.cycle_epochs - self.hold_epochs
+    def lr_factor(self, completed_epochs: int, epochs: int) -> float:
+        """LR multiplier for the epoch after ``completed_epochs`` of a run of ``epochs`` epochs. Within each of the
+        ``lr_cycles`` equal cycles (warm restarts): held at 1 for the first ``lr_hold`` of the cycle's epochs, then
+        x``lr_decay`` per epoch (exponential) or half a cosine down to 0 at the cycle's end (cosine)."""
+        cycle_epochs = epochs // self.lr_cycles
+        hold_epochs = round(self.lr_hold * cycle_epochs)
+        k = completed_epochs % cycle_epochs - hold_epochs
         if k <= 0:
             return 1.0
         if self.lr_schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * k / (self.cycle_epochs - self.hold_epochs)))
+            return 0.5 * (1 + math.cos(math.pi * k / (cycle_epochs - hold_epochs)))
         return self.lr_decay**k
 
     def save_figures(self, out_dir: Path) -> list[Path]:
@@ -246,7 +249,7 @@ def plot_predictions(path: Path, *, data: SpiralData, rows: torch.Tensor, pred: 
     fig.savefig(path, dpi=110)
 
 
-def build(cfg: Any, device: torch.device) -> SpiralTask:
+def build(cfg: Any, device: torch.device, solver: SolverSpec) -> SpiralTask:
     d = cfg.data
     if d.get("name") != "spiral":
         raise ConfigError(f"task=spiral needs data=spiral (spirals generated in code), got data={d.get('name')}")
@@ -257,11 +260,9 @@ def build(cfg: Any, device: torch.device) -> SpiralTask:
     data = generate_spirals(n_spirals=int(d.n_spirals), n_points=int(d.n_points), n_obs=int(d.n_obs),
                             noise_std=float(d.noise_std), a=float(d.a), b=float(d.b),
                             test_fraction=float(d.test_fraction), seed=seed).to(device)
-    solver = SolverSpec.from_config(cfg.solver, default_tol=float(cfg.task.default_tol))
     model = build_model(cfg.model, solver, regularization).to(device)
     tk = cfg.task
     return SpiralTask(data, model, model_name=str(cfg.model.name), lr=float(tk.lr), batch_size=int(tk.batch_size),
                       iters_per_epoch=int(tk.iters_per_epoch), lr_decay=float(tk.lr_decay),
                       n_figure_spirals=int(tk.n_figure_spirals), seed=int(cfg.seed),
-                      lr_schedule=str(tk.lr_schedule), lr_hold=float(tk.lr_hold), lr_cycles=int(tk.lr_cycles),
-                      epochs=int(cfg.trainer.epochs))
+                      lr_schedule=str(tk.lr_schedule), lr_hold=float(tk.lr_hold), lr_cycles=int(tk.lr_cycles))

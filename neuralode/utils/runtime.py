@@ -1,4 +1,5 @@
-"""Run set-up shared by ``train``, ``eval`` and the report: device, seeding, building the task, timed evaluation."""
+"""Run set-up shared by ``train``, ``eval`` and the report: device, seeding, the solver, building the task, timed
+evaluation."""
 from __future__ import annotations
 
 import contextlib
@@ -11,8 +12,8 @@ from typing import Any
 import torch
 
 from neuralode.config import ConfigError
-from neuralode.models.odeblock import collect_solve_stats, reset_solve_stats
-from neuralode.tasks import Task, build_task
+from neuralode.models.odeblock import SolverSpec, collect_solve_stats, reset_solve_stats
+from neuralode.tasks import Task, TaskBuilder, build_task
 from neuralode.utils.checkpoint import get_rng_state, set_rng_state
 
 try:
@@ -49,17 +50,33 @@ def preserved_rng() -> Iterator[None]:
         set_rng_state(state)
 
 
-def build_task_from_config(cfg: Any, device: torch.device) -> Task:
-    """Build the task: the module named by ``task.module`` if given (a plug-in task), else ``TASKS[task.name]``."""
+def resolve_solver(cfg: Any) -> SolverSpec:
+    """The run's solver, resolved once and handed to the task: the ``solver`` group with ``task.default_tol`` where
+    it sets no tolerance, and the runner's policy for the adaptive methods (:meth:`SolverSpec.from_config`)."""
+    solver = cfg.solver
+    default_tol = cfg.task.get("default_tol")
+    if default_tol is None:
+        if solver.get("tol") is None and (solver.get("rtol") is None or solver.get("atol") is None):
+            raise ConfigError(f"task={cfg.task.name} sets no task.default_tol and solver.tol is null; "
+                              "set the tolerance, e.g. solver.tol=1e-3")
+    elif not isinstance(default_tol, (int, float)) or isinstance(default_tol, bool) or not default_tol > 0:
+        raise ConfigError(f"task.default_tol must be > 0, got {default_tol}")
+    return SolverSpec.from_config(solver, default_tol)
+
+
+def build_task_from_config(cfg: Any, device: torch.device, solver: SolverSpec) -> Task:
+    """Build the task: the module named by ``task.module`` if given (a plug-in task), else ``TASKS[task.name]``;
+    ``solver`` is the run's, from :func:`resolve_solver`."""
     module_name = cfg.task.get("module")
     if module_name is None:
-        return build_task(cfg, device)
+        return build_task(cfg, device, solver)
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise ConfigError(f"task.module={module_name!r} cannot be imported ({e}); "
-                          "name a module on the Python path that defines build(cfg, device)") from e
-    return module.build(cfg, device)
+                          "name a module on the Python path that defines build(cfg, device, solver)") from e
+    builder: TaskBuilder = module.build
+    return builder(cfg, device, solver)
 
 
 def synchronize(device: torch.device) -> None:

@@ -9,15 +9,17 @@ from runner_helpers import compose_config, toy_config
 from neuralode.config import ConfigError, config_dir, run_name, validate
 from neuralode.models.odeblock import RUNNER_CONTROLLER, RUNNER_MAX_STEPS_PER_SOLVE, RUNNER_OPTIONS, ODEBlock, SolverSpec
 from neuralode.solvers import SOLVERS, MaxNumStepsError, odeint
+from neuralode.utils.runtime import resolve_solver
 
 
 def test_defaults_pick_every_group():
     cfg = compose_config(hydra=True)
     choices = cfg.hydra.runtime.choices
-    assert (choices.task, choices.solver, choices.trainer, choices.profile) == ("mnist", "dopri5", "default", "quick")
+    assert (choices.task, choices.solver, choices.profile) == ("mnist", "dopri5", "quick")
     assert (cfg.task.name, cfg.model.name, cfg.data.name, cfg.profile.name) == ("mnist", "odenet", "mnist", "quick")
     assert cfg.solver.method == "dopri5" and cfg.solver.tol is None and cfg.solver.adjoint is True
     assert cfg.seed == 0 and cfg.device == "auto"
+    assert (cfg.trainer.resume, cfg.trainer.progress, cfg.trainer.log_every_steps) == (True, "auto", 50)  # the schema's
     validate(compose_config())
 
 
@@ -48,9 +50,17 @@ def test_lsoda_preset_is_the_paper_solver_family():
     (("solver.atol=1e-9",), 1e-3, 1e-9),
 ])
 def test_tolerance_resolution(overrides: tuple[str, ...], rtol: float, atol: float):
-    cfg = toy_config(*overrides)
-    spec = SolverSpec.from_config(cfg.solver, default_tol=cfg.task.default_tol)
+    spec = resolve_solver(toy_config(*overrides))
     assert (spec.rtol, spec.atol) == (rtol, atol)
+
+
+def test_a_task_without_a_default_tolerance_needs_solver_tol():
+    cfg = toy_config()
+    del cfg.task.default_tol
+    with pytest.raises(ConfigError, match="task=toy sets no task.default_tol and solver.tol is null; set the tolerance"):
+        resolve_solver(cfg)
+    cfg.solver.tol = 1e-4
+    assert (resolve_solver(cfg).rtol, resolve_solver(cfg).atol) == (1e-4, 1e-4)
 
 
 @pytest.mark.parametrize(("profile", "epochs"), [("smoke", 1), ("quick", 5), ("full", 10)])
@@ -207,3 +217,20 @@ def test_the_dynamics_profiles_train_on_one_thread():
     """Its 50-unit MLP's ops are too small to split: a second thread only waits (20x the CPU per step at load 13)."""
     for profile in ("smoke", "demo", "quick", "full"):
         assert compose_config("task=dynamics", f"profile={profile}").trainer.threads == 1, profile
+
+
+def test_use_solver_re_solves_a_block_with_only_the_settings_given():
+    """figure3 and controller_study re-solve a trained model through ODEBlock.use_solver."""
+    func = lambda t, y: -y  # noqa: E731
+    block = ODEBlock(func, resolve_solver(toy_config()))
+    trained = block.solver
+    block.use_solver(rtol=1e-6, atol=1e-7, adjoint=False)
+    assert (block.solver.rtol, block.solver.atol, block.solver.adjoint) == (1e-6, 1e-7, False)
+    assert (block.solver.method, block.solver.options) == (trained.method, trained.options)
+    options = {"step_size": 0.25}
+    block.use_solver(method="rk4", options=options, adjoint_options={})
+    options["step_size"] = 1.0  # the block keeps its own copy
+    assert (block.solver.method, block.solver.options, block.solver.rtol) == ("rk4", {"step_size": 0.25}, 1e-6)
+    y0 = torch.tensor([1.0])
+    block.stats.reset()
+    assert torch.allclose(block(y0), torch.exp(-y0), atol=1e-3) and block.stats.nfe_forward == 16  # 4 rk4 steps

@@ -109,11 +109,11 @@ def test_lines_logged_before_a_command_is_accepted_reach_train_log_only_once_it_
 
     build = toy_task.build
 
-    def build_after_a_warning(cfg, device):
+    def build_after_a_warning(cfg, device, solver):
         logging.getLogger("some_library").warning("a library's warning")
         if cfg.task.hidden == 8:
             raise ConfigError("task.hidden=8 is refused by the task")
-        return build(cfg, device)
+        return build(cfg, device, solver)
 
     monkeypatch.setattr(toy_task, "build", build_after_a_warning)
     code, err = run_main(monkeypatch, capsys, tmp_path, "train", SEARCHPATH, *TOY, "task.hidden=8", "hydra.run.dir=new")

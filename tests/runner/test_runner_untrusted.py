@@ -27,7 +27,7 @@ def payload(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder.mkdir()
     marker = folder / "ran"
     (folder / f"{PAYLOAD}.py").write_text(f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
-                                          "def build(cfg, device):\n    raise SystemExit('payload built')\n")
+                                          "def build(cfg, device, solver):\n    raise SystemExit('payload built')\n")
     monkeypatch.syspath_prepend(str(folder))
     monkeypatch.setenv("PYTHONPATH", f"{folder}:{os_pythonpath()}")
     yield marker

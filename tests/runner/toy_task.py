@@ -28,7 +28,7 @@ class Dynamics(nn.Module):
 
 
 class ToyTask:
-    def __init__(self, cfg: Any, device: torch.device) -> None:
+    def __init__(self, cfg: Any, device: torch.device, solver: SolverSpec) -> None:
         self.cfg = cfg.task
         self.device = device
         # The trainer seeded torch's global RNG: data, init and shuffling all come from it.
@@ -37,7 +37,6 @@ class ToyTask:
         y = x @ target.T
         self.train_x, self.train_y = x[: self.cfg.n_train].to(device), y[: self.cfg.n_train].to(device)
         self.test_x, self.test_y = x[self.cfg.n_train:].to(device), y[self.cfg.n_train:].to(device)
-        solver = SolverSpec.from_config(cfg.solver, default_tol=self.cfg.default_tol)
         regularization = regularization_from_config(cfg.get("regularize"), "toy", has_ode=True, steer_end=1.0)
         self.model = ODEBlock(Dynamics(self.cfg.hidden), solver, regularization=regularization).to(device)
 
@@ -57,7 +56,7 @@ class ToyTask:
             loss = nn.functional.mse_loss(self.model(self.test_x), self.test_y)
         return {"test_rmse": loss.sqrt().item()}
 
-    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    def configure_optimizers(self, epochs: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
         optimizer = torch.optim.SGD(self.model.parameters(), lr=self.cfg.lr, momentum=0.9)
         return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[2], gamma=0.5)
 
@@ -68,5 +67,5 @@ class ToyTask:
         return [path]
 
 
-def build(cfg: Any, device: torch.device) -> ToyTask:
-    return ToyTask(cfg, device)
+def build(cfg: Any, device: torch.device, solver: SolverSpec) -> ToyTask:
+    return ToyTask(cfg, device, solver)

@@ -8,7 +8,8 @@ import torch
 from omegaconf import OmegaConf
 
 from neuralode.config import solver_defaults
-from neuralode.tasks import build_task
+from neuralode.tasks import Task, build_task
+from neuralode.utils.runtime import resolve_solver
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
@@ -25,8 +26,13 @@ def compose(task: str, model: str, data: str, **task_overrides: object) -> Omega
     return cfg
 
 
+def build_on_cpu(cfg: OmegaConf) -> Task:
+    """The task as the runner builds it: with the solver it resolved from the config."""
+    return build_task(cfg, torch.device("cpu"), resolve_solver(cfg))
+
+
 def test_max_likelihood_step_and_eval() -> None:
-    task = build_task(compose("cnf", "cnf", "two_moons", iters_per_epoch=2, batch_size=16, test_size=32), torch.device("cpu"))
+    task = build_on_cpu(compose("cnf", "cnf", "two_moons", iters_per_epoch=2, batch_size=16, test_size=32))
     batches = list(task.train_batches(1))
     assert len(batches) == 2 and batches[0].shape == (16, 2)
     out = task.training_step(batches[0])
@@ -38,10 +44,9 @@ def test_max_likelihood_step_and_eval() -> None:
 
 
 def test_density_matching_kl_is_true_kl_and_decreases() -> None:
-    task = build_task(compose("cnf_match", "planar", "ring_modes", eval_samples=2000, batch_size=256,
-                                  iters_per_epoch=150),
-                      torch.device("cpu"))
-    optimizer, _ = task.configure_optimizers()
+    task = build_on_cpu(compose("cnf_match", "planar", "ring_modes", eval_samples=2000, batch_size=256,
+                                iters_per_epoch=150))
+    optimizer, _ = task.configure_optimizers(1)
     before = task.evaluate()["kl"]
     for batch in task.train_batches(1):
         optimizer.zero_grad()
@@ -57,4 +62,4 @@ def test_density_matching_kl_is_true_kl_and_decreases() -> None:
 ])
 def test_wrong_kind_of_data_is_one_clear_error(task: str, data: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        build_task(compose(task, "planar", data), torch.device("cpu"))
+        build_on_cpu(compose(task, "planar", data))

@@ -7,6 +7,7 @@ import torch
 from neuralode.data.dynamics import System, generate_dynamics
 from neuralode.models.dynamics import DynamicsRNN, NeuralODE, ResNetEuler, Scales, VectorField
 from neuralode.models.odeblock import SolverSpec
+from neuralode.tasks.base import validated
 from neuralode.tasks.dynamics import DynamicsTask, DynamicsTaskConfig
 
 LINEAR_A = torch.tensor([[-0.1, 1.0], [-1.0, -0.1]])
@@ -63,10 +64,11 @@ def test_a_neural_ode_learns_a_linear_system():
     data = generate_dynamics(LINEAR, t_end=3.0, n_points=16, extrapolate=1.0, noise_std=0.0, irregular=False,
                              n_trajectories=2, n_test=4, ic_scale_min=0.7, seed=0)
     model = NeuralODE(VectorField(Scales.of(data.train.times, data.train.values), hidden=32), SOLVER)
-    task = DynamicsTask(data, model, model_name="node", task=DynamicsTaskConfig(lr=0.02, iters_per_epoch=200),
-                        window=5, batch_size=16, epochs=1, seed=0)
+    settings = validated(DynamicsTaskConfig, {"name": "dynamics", "lr": 0.02, "iters_per_epoch": 200}, "task")
+    task = DynamicsTask(data, model, model_name="node", task=settings,
+                        window=5, batch_size=16, seed=0)
     before = task.evaluate()
-    optimizer, scheduler = task.configure_optimizers()
+    optimizer, scheduler = task.configure_optimizers(1)
     for batch in task.train_batches(1):
         optimizer.zero_grad()
         task.training_step(batch).loss.backward()

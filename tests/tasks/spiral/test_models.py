@@ -94,14 +94,14 @@ def test_task_step_and_evaluate(data) -> None:
     metrics = task.evaluate()
     assert {"test_rmse", "test_rmse_interp", "test_rmse_extrap"} <= set(metrics)
     assert all(math.isfinite(v) and v > 0 for v in metrics.values())
-    opt, sched = task.configure_optimizers()
+    opt, sched = task.configure_optimizers(1)
     assert isinstance(opt, torch.optim.Adam) and sched is not None
 
 
 def test_cosine_schedule_anneals_towards_zero_over_the_run(data) -> None:
     task = SpiralTask(data, latent_ode(), model_name="latent_ode", lr=0.01, batch_size=8, iters_per_epoch=1,
-                      lr_decay=1.0, n_figure_spirals=2, seed=0, lr_schedule="cosine", epochs=4)
-    opt, sched = task.configure_optimizers()
+                      lr_decay=1.0, n_figure_spirals=2, seed=0, lr_schedule="cosine")
+    opt, sched = task.configure_optimizers(4)
     lrs = []
     for _ in range(4):
         lrs.append(opt.param_groups[0]["lr"])
@@ -114,8 +114,9 @@ def test_lr_cycles_repeat_the_schedule_and_the_first_cycle_is_a_shorter_run(data
     def factors(epochs: int, cycles: int) -> list[float]:
         task = SpiralTask(data, latent_ode(), model_name="latent_ode", lr=0.01, batch_size=8, iters_per_epoch=1,
                           lr_decay=1.0, n_figure_spirals=2, seed=0, lr_schedule="cosine", lr_hold=0.5,
-                          lr_cycles=cycles, epochs=epochs)
-        return [task.lr_factor(k) for k in range(epochs)]
+                          lr_cycles=cycles)
+        _, schedule = task.configure_optimizers(epochs)
+        return [schedule.lr_lambdas[0](k) for k in range(epochs)]
 
     assert factors(8, 2) == pytest.approx([1, 1, 1, 0.5] * 2, abs=1e-12)
     assert factors(8, 2)[:4] == factors(4, 1)
@@ -127,8 +128,8 @@ def test_lr_cycles_repeat_the_schedule_and_the_first_cycle_is_a_shorter_run(data
                                                               ("exponential", 0.5, [1, 1, 1, 0.5])])
 def test_lr_hold_keeps_the_initial_lr_for_its_fraction_of_the_epochs(data, schedule, decay, expected) -> None:
     task = SpiralTask(data, latent_ode(), model_name="latent_ode", lr=0.01, batch_size=8, iters_per_epoch=1,
-                      lr_decay=decay, n_figure_spirals=2, seed=0, lr_schedule=schedule, lr_hold=0.5, epochs=4)
-    assert [task.lr_factor(k) for k in range(4)] == pytest.approx(expected, abs=1e-12)
+                      lr_decay=decay, n_figure_spirals=2, seed=0, lr_schedule=schedule, lr_hold=0.5)
+    assert [task.lr_factor(k, epochs=4) for k in range(4)] == pytest.approx(expected, abs=1e-12)
 
 
 def test_unknown_lr_schedule_is_one_clear_error(data) -> None:
