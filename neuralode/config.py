@@ -346,6 +346,11 @@ def validate(cfg: DictConfig) -> None:
         _check_keys(node, schema, prefix)
     validate_regularize(cfg.regularize)
     validate_solver(cfg.solver)
+    integrals = [name for name in ("kinetic", "jacobian") if cfg.regularize[name] > 0]
+    if cfg.solver.get("per_sample") and integrals:  # known here, before the task's first solve would refuse it
+        raise ConfigError(f"solver.per_sample=true cannot integrate regularize.{integrals[0]} (the integrals join "
+                          f"the state as a tuple, which a per-sample solve does not take); set "
+                          f"regularize.{integrals[0]}=0 or solver.per_sample=false")
     check_step_size(cfg.solver)
     validate_device(cfg.device)
     trainer = cfg.trainer

@@ -139,6 +139,9 @@ def test_solver_per_sample_passes_per_sample_to_odeint_and_refuses_what_it_lacks
         validate(toy_config("solver=rk4", "++solver.options.step_size=0.1", "solver.per_sample=true"))
     with pytest.raises(ConfigError, match=r"^solver\.per_sample=true does not support solver\.options\.step_t; "):
         validate(toy_config("solver.per_sample=true", "++solver.options.step_t=[0.5]"))
+    with pytest.raises(ConfigError, match=r"^solver\.per_sample=true cannot integrate regularize\.kinetic .*; set "
+                                          r"regularize\.kinetic=0 or solver\.per_sample=false$"):
+        validate(toy_config("solver.per_sample=true", "regularize.kinetic=0.01"))
 
 
 def test_run_dir_is_named_by_the_overrides():
