@@ -200,8 +200,7 @@ def validate_solver(solver: Any, key: str = "solver") -> None:
         compiled = ", ".join(name for name, m in SOLVERS.items() if "compile" in m.valid_options)
         raise ConfigError(f"{key}.compile=true needs an adaptive explicit Runge-Kutta method ({compiled}); "
                           f"{key}.method={method} has no compiled step")
-    if solver.get("per_sample"):
-        _check_per_sample(solver, method, key)
+    check_per_sample(solver, key)
     norm = (solver.get("adjoint_options") or {}).get("norm")
     if norm not in (None, "seminorm"):  # a config cannot hold the other choice, a callable
         raise ConfigError(f"{key}.adjoint_options.norm={norm!r} is invalid; use {key}.adjoint_options.norm=seminorm "
@@ -216,8 +215,11 @@ def validate_solver(solver: Any, key: str = "solver") -> None:
                               f"use {key}.{name} >= {MIN_RTOL:g}")
 
 
-def _check_per_sample(solver: Any, method: str | None, key: str) -> None:
-    """``per_sample=true`` asks the adaptive explicit Runge-Kutta loop for one solve per sample: refuse what it lacks."""
+def check_per_sample(solver: Any, key: str = "solver") -> None:
+    """``per_sample=true`` asks the adaptive explicit Runge-Kutta loop for one solve per sample: refuse what it lacks
+    (of a partial config, what it holds; eval checks the checkpoint's solver merged with its changes again)."""
+    if not solver.get("per_sample"):
+        return
     from neuralode.solvers import SOLVERS
     from neuralode.solvers.per_sample import PER_SAMPLE_OPTIONS
     from neuralode.solvers.rk import AdaptiveRK
@@ -226,6 +228,7 @@ def _check_per_sample(solver: Any, method: str | None, key: str) -> None:
         raise ConfigError(f"{key}.per_sample=true and {key}.compile=true cannot be combined (the compiled step solves "
                           f"the batch jointly); set one of them to false")
     adaptive = [name for name, m in SOLVERS.items() if isinstance(m, AdaptiveRK)]
+    method = solver.get("method")
     if method is not None and method not in adaptive:
         raise ConfigError(f"{key}.per_sample=true needs an adaptive explicit Runge-Kutta method ({', '.join(adaptive)}); "
                           f"{key}.method={method} cannot solve each sample on its own steps")
