@@ -33,6 +33,7 @@ class SolverConfig:
     options: Dict[str, Any] = field(default_factory=dict)
     adjoint_options: Dict[str, Any] = field(default_factory=dict)
     compile: bool = False          # options['compile']: each step one torch.compile'd program (adaptive explicit RK)
+    per_sample: bool = False       # options['per_sample']: each sample of a batch on its own steps (adaptive explicit RK)
 
 
 @dataclass
@@ -87,6 +88,7 @@ class EvalSolverConfig:
     options: Dict[str, Any] = field(default_factory=dict)
     adjoint_options: Dict[str, Any] = field(default_factory=dict)
     compile: Optional[bool] = None
+    per_sample: Optional[bool] = None
 
 
 @dataclass
@@ -200,6 +202,7 @@ def validate_solver(solver: Any, key: str = "solver") -> None:
         compiled = ", ".join(name for name, m in SOLVERS.items() if "compile" in m.valid_options)
         raise ConfigError(f"{key}.compile=true needs an adaptive explicit Runge-Kutta method ({compiled}); "
                           f"{key}.method={method} has no compiled step")
+    check_per_sample(solver, key)
     norm = (solver.get("adjoint_options") or {}).get("norm")
     if norm not in (None, "seminorm"):  # a config cannot hold the other choice, a callable
         raise ConfigError(f"{key}.adjoint_options.norm={norm!r} is invalid; use {key}.adjoint_options.norm=seminorm "
@@ -212,6 +215,31 @@ def validate_solver(solver: Any, key: str = "solver") -> None:
         if value is not None and name != "atol" and value < MIN_RTOL:
             raise ConfigError(f"{key}.{name}={value:g} is below what float32 can resolve (machine epsilon 1.2e-07); "
                               f"use {key}.{name} >= {MIN_RTOL:g}")
+
+
+def check_per_sample(solver: Any, key: str = "solver") -> None:
+    """``per_sample=true`` asks the adaptive explicit Runge-Kutta loop for one solve per sample: refuse what it lacks
+    (of a partial config, what it holds; eval checks the checkpoint's solver merged with its changes again)."""
+    if not solver.get("per_sample"):
+        return
+    from neuralode.solvers import SOLVERS
+    from neuralode.solvers.per_sample import PER_SAMPLE_OPTIONS
+    from neuralode.solvers.rk import AdaptiveRK
+
+    if solver.get("compile"):
+        raise ConfigError(f"{key}.per_sample=true and {key}.compile=true cannot be combined (the compiled step solves "
+                          f"the batch jointly); set one of them to false")
+    adaptive = [name for name, m in SOLVERS.items() if isinstance(m, AdaptiveRK)]
+    method = solver.get("method")
+    if method is not None and method not in adaptive:
+        raise ConfigError(f"{key}.per_sample=true needs an adaptive explicit Runge-Kutta method ({', '.join(adaptive)}); "
+                          f"{key}.method={method} cannot solve each sample on its own steps")
+    # The per-sample adjoint takes the seminorm on its backward solve; the forward solve has no norm option.
+    for group, supported in (("options", PER_SAMPLE_OPTIONS), ("adjoint_options", (*PER_SAMPLE_OPTIONS, "norm"))):
+        refused = sorted(set(solver.get(group) or {}) - set(supported))
+        if refused:
+            raise ConfigError(f"{key}.per_sample=true does not support {key}.{group}.{refused[0]}; "
+                              f"{key}.{group} may hold: {', '.join(supported)}")
 
 
 def validate_regularize(regularize: Any) -> None:
@@ -323,6 +351,11 @@ def validate(cfg: DictConfig) -> None:
         _check_keys(node, schema, prefix)
     validate_regularize(cfg.regularize)
     validate_solver(cfg.solver)
+    integrals = [name for name in ("kinetic", "jacobian") if cfg.regularize[name] > 0]
+    if cfg.solver.get("per_sample") and integrals:  # known here, before the task's first solve would refuse it
+        raise ConfigError(f"solver.per_sample=true cannot integrate regularize.{integrals[0]} (the integrals join "
+                          f"the state as a tuple, which a per-sample solve does not take); set "
+                          f"regularize.{integrals[0]}=0 or solver.per_sample=false")
     check_step_size(cfg.solver)
     validate_device(cfg.device)
     trainer = cfg.trainer

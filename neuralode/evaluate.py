@@ -17,7 +17,15 @@ from typing import Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from neuralode.config import check_step_size, is_fixed_step, solver_label, validate_device, validate_solver, validate_threads
+from neuralode.config import (
+    check_per_sample,
+    check_step_size,
+    is_fixed_step,
+    solver_label,
+    validate_device,
+    validate_solver,
+    validate_threads,
+)
 from neuralode.errors import CheckpointError
 from neuralode.models.odeblock import SolverSpec
 from neuralode.tasks import Task
@@ -90,6 +98,7 @@ def restore_task(checkpoint: str | Path, solver: Mapping[str, Any] | None = None
         raise CheckpointError(f"{checkpoint} is a task={cfg.task.name} checkpoint; this needs task={task_name}")
     cfg.solver = _patched_solver(cfg.solver, solver)
     check_step_size(cfg.solver)  # e.g. solver=rk4 asked of a dopri5 checkpoint, which had no step size
+    check_per_sample(cfg.solver)  # e.g. per_sample=true asked of an rk4 checkpoint
     if data:
         cfg.data = OmegaConf.merge(cfg.data, dict(data))
     seed_everything(cfg.seed)  # the same subsets/augmentations as at training time, whatever the solver

@@ -1,5 +1,6 @@
 """Side-by-side timing of neuralode against torchdiffeq on identical workloads, and on small dynamics against
-every peer library (scripts/bench_peers.py: neuralode eager and compiled, torchdiffeq, torchode, diffrax).
+every peer library (scripts/bench_peers.py: neuralode eager, compiled and per-sample, torchdiffeq, torchode,
+diffrax).
 
 Each case builds one problem (weights, inputs, tolerances) and two sides that differ only in the ODE
 solver: ours goes through neuralode (for the model cases, through the ``ODEBlock`` with the solver
@@ -12,7 +13,8 @@ forward pass (loss) and during ``backward()``.
 
     python scripts/bench.py [--device cpu|cuda] [--quick] [--cases odenet_train_step,...] [--repeats N]
 
-The peer cases (small_node_forward, small_node_grad, vdp_joint) run on the CPU, in a full run or when named; a
+The peer cases (small_node_forward, small_node_grad, vdp_joint, and the per-sample solves vdp_per_sample and
+vdp_per_sample_mu against torchode) run on the CPU, in a full run or when named; a
 ``--quick`` run leaves them out, so that it needs neither jax, torchode nor a compiler, and so does a CUDA run.
 """
 from __future__ import annotations

@@ -55,6 +55,8 @@ class SolverSpec:
         options = dict(solver_cfg.get("options") or {})
         if solver_cfg.get("compile"):
             options["compile"] = True
+        if solver_cfg.get("per_sample"):
+            options["per_sample"] = True
         valid = SOLVERS[method].valid_options if method in SOLVERS else ()
         for key, value in RUNNER_OPTIONS.items():
             if key in valid:

@@ -72,6 +72,28 @@ def test_peer_case_reports_a_missing_library_and_the_errors_of_the_others(monkey
     assert "| vdp_joint | " in table and "| not installed |" in table
 
 
+def test_per_sample_case_runs_without_torchode_and_reports_each_librarys_work(monkeypatch):
+    """The per-sample Van der Pol case on a tiny batch: torchode missing is reported, not an error; the per-sample
+    solve takes fewer steps per sample and fewer evaluations summed over the samples than the joint solve, when the
+    samples' mu differ."""
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        import bench_peers
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    monkeypatch.setattr(bench_peers, "installed", lambda library: library not in ("torchode", "torchode_jit"))
+    libraries = ("neuralode_per_sample", "neuralode", "torchode")
+    row = bench_peers.run_peer_case("vdp_per_sample_mu", warmup=0, repeats=1, libraries=libraries, samples=4)
+    assert row["samples"] == 4 and row["torchode"] == "not installed"
+    per_sample, joint = row["neuralode_per_sample"], row["neuralode"]
+    assert 0 < per_sample["rel_err"] < 1e-2 and 0 < joint["rel_err"] < 1e-2
+    assert per_sample["steps_mean"] < per_sample["steps_max"] <= joint["steps_mean"] == joint["steps_max"]
+    assert per_sample["sample_evals"] < joint["sample_evals"] == joint["calls"] * 4
+    table = bench_peers.work_table([row])
+    assert "| vdp_per_sample_mu | torchode | not installed |" in table
+    assert f"| {per_sample['steps_mean']:.1f} / {per_sample['steps_max']} |" in table
+
+
 def test_every_case_builds_and_both_sides_run_once():
     """Each registered case at --quick size: both libraries' forward runs and gives the same shape (a case that
     only a full bench run reaches must not break unseen, as the CNF case once did)."""

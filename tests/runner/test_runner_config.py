@@ -29,7 +29,7 @@ def test_every_registered_method_is_a_solver_option():
     for method in SOLVERS:
         assert OmegaConf.to_container(toy_config(f"solver={method}").solver) == {
             "method": method, "tol": None, "rtol": None, "atol": None, "adjoint": True,
-            "options": {}, "adjoint_options": {}, "compile": False}
+            "options": {}, "adjoint_options": {}, "compile": False, "per_sample": False}
 
 
 def test_lsoda_preset_is_the_paper_solver_family():
@@ -134,6 +134,24 @@ def test_solver_compile_selects_the_compiled_step_of_an_adaptive_method():
     with pytest.raises(ConfigError, match=r"solver\.compile=true needs an adaptive explicit Runge-Kutta method "
                                           r"\(.*dopri5.*\); solver\.method=rk4 has no compiled step"):
         validate(toy_config("solver=rk4", "++solver.options.step_size=0.1", "solver.compile=true"))
+
+
+def test_solver_per_sample_passes_per_sample_to_odeint_and_refuses_what_it_lacks():
+    cfg = toy_config("solver.per_sample=true", "++solver.adjoint_options.norm=seminorm")
+    validate(cfg)
+    spec = SolverSpec.from_config(cfg.solver, default_tol=cfg.task.default_tol)
+    assert spec.options == {**RUNNER_OPTIONS, "per_sample": True}
+    assert "per_sample" not in SolverSpec.from_config(toy_config().solver, default_tol=1e-3).options
+    with pytest.raises(ConfigError, match=r"^solver\.per_sample=true and solver\.compile=true cannot be combined"):
+        validate(toy_config("solver.per_sample=true", "solver.compile=true"))
+    with pytest.raises(ConfigError, match=r"^solver\.per_sample=true needs an adaptive explicit Runge-Kutta method "
+                                          r"\(.*dopri5.*\); solver\.method=rk4 cannot"):
+        validate(toy_config("solver=rk4", "++solver.options.step_size=0.1", "solver.per_sample=true"))
+    with pytest.raises(ConfigError, match=r"^solver\.per_sample=true does not support solver\.options\.step_t; "):
+        validate(toy_config("solver.per_sample=true", "++solver.options.step_t=[0.5]"))
+    with pytest.raises(ConfigError, match=r"^solver\.per_sample=true cannot integrate regularize\.kinetic .*; set "
+                                          r"regularize\.kinetic=0 or solver\.per_sample=false$"):
+        validate(toy_config("solver.per_sample=true", "regularize.kinetic=0.01"))
 
 
 def test_run_dir_is_named_by_the_overrides():

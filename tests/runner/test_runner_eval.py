@@ -38,6 +38,18 @@ def test_solver_changes(trained):
     assert loose["nfe_eval"] < adaptive["nfe_eval"]
 
 
+def test_per_sample_evaluation_matches_the_joint_one_and_needs_an_adaptive_method(trained):
+    run_dir, _ = trained
+    joint = evaluate_checkpoint(run_dir, {"method": "dopri5", "tol": 1e-6}, task_module="toy_task")
+    per_sample = evaluate_checkpoint(run_dir, {"method": "dopri5", "tol": 1e-6, "per_sample": True},
+                                     task_module="toy_task")
+    assert per_sample["options"] == {**RUNNER_OPTIONS, "per_sample": True}
+    assert per_sample["test_rmse"] == pytest.approx(joint["test_rmse"], rel=1e-4)  # both within the tolerance
+    with pytest.raises(ConfigError, match=r"^solver\.per_sample=true needs an adaptive explicit Runge-Kutta method "
+                                          r".*; solver\.method=rk4 cannot"):
+        evaluate_checkpoint(run_dir, {"per_sample": True}, task_module="toy_task")
+
+
 def test_bad_requests(trained, tmp_path):
     run_dir, _ = trained
     with pytest.raises(ConfigError, match="solver.tol=-1 is invalid"):

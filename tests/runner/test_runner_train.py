@@ -42,6 +42,15 @@ def test_metrics_tensorboard_checkpoint_and_figures(train_toy):
     assert "_hparams_/experiment" in events.PluginTagToContent("hparams")
 
 
+def test_per_sample_solver_trains_with_the_per_sample_adjoint(train_toy):
+    """solver.per_sample=true: the toy task trains, every sample on its own steps, forward and backward."""
+    _, records = train_toy("trainer.epochs=1", "solver.per_sample=true")
+    _, joint = train_toy("trainer.epochs=1", name="joint")
+    assert records[0]["nfe_forward"] > 0 and records[0]["nfe_backward"] > 0
+    assert torch.isfinite(torch.tensor(records[0]["test_rmse"]))
+    assert records[0]["test_rmse"] == pytest.approx(joint[0]["test_rmse"], rel=0.05)  # same task, other steps
+
+
 def test_same_seed_same_metrics_and_other_seed_differs(train_toy):
     _, first = train_toy("trainer.epochs=2", name="a")
     _, second = train_toy("trainer.epochs=2", name="b")
