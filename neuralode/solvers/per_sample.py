@@ -11,7 +11,8 @@ size 0 (``func`` still sees it, at its final time and state) and its results no 
 explicit methods step on each sample's own ``t`` row (:func:`march_per_sample`).
 
 Host synchronisation: one read per attempted step, of a few flags (any sample still running, any failed, whether
-all samples share the step's times); nothing is read per sample.
+all samples share the step's times, and the window of output times the step can pass, so that the dense output
+is evaluated there only); nothing is read per sample.
 """
 from __future__ import annotations
 
@@ -212,6 +213,7 @@ class _SampleRun:
         self.t_out, self.end, self.tn = prob.t.T, prob.t[:, -1], prob.t[:, 0]
         self.y, self.out = y0, y0.expand(prob.t.shape[1], *y0.shape)
         self.index = torch.arange(prob.t.shape[1], device=y0.device)[:, None]
+        self.window = (0, prob.t.shape[1])  # the output indices the next step can pass (set by flags)
         # One time for the batch where each sample's time is that time: not where the samples' times carry gradients
         # of their own (a (B, T) t), which the first sample's would take.
         self.may_share = prob.t.shape[0] == 1 or (isinstance(prob.sign, float) and not prob.t.requires_grad)
@@ -267,9 +269,16 @@ class _SampleRun:
         over = (self.interval > (options.get("max_num_steps") or math.inf)) | \
             (self.attempted > (options.get("max_steps_per_solve") or math.inf))
         shared = (self.tn == self.tn[0]).all() & (dt == dt[0]).all() & self.may_share
+        # The outputs this step can pass lie in [first unsaved output, last output at or before the furthest t1):
+        # read with the flags, so that the dense output is evaluated on that window only.
+        count = self.t_out.shape[0]
+        first_unsaved = torch.where(self.active, self.next_out, count).min()
+        past_end = ((self.t_out <= t1) & self.active).sum(0).max()
         flags = torch.stack([self.active.any(), (over & self.active).any(), (self.nonfinite > MAX_NONFINITE_REJECTS).any(),
-                             (self.active & (t1 == self.tn)).any(), shared]).tolist()
-        running, over_cap, failed, underflow, same = flags
+                             (self.active & (t1 == self.tn)).any(), shared, first_unsaved, past_end]).tolist()
+        running, over_cap, failed, underflow, same = map(bool, flags[:5])
+        lo, hi = flags[5:]
+        self.window = (lo, max(lo, hi))
         if over_cap:
             self.refuse_steps(over & self.active)
         if failed:
@@ -316,19 +325,25 @@ class _SampleRun:
                      landed: torch.Tensor) -> None:
         """Write the outputs each accepted step passed (from its dense output) and, where it landed on the last
         output time, that output (the step's end point exactly)."""
-        passed = (self.index >= self.next_out) & ((self.t_out < t1) | (self.passes & (self.t_out == t1))) & taken
-        out = torch.where(passed[..., None], self.interpolate(step, f1), self.out)
+        lo, hi = self.window
+        t_out = self.t_out[lo:hi]
+        passed = (self.index[lo:hi] >= self.next_out) & ((t_out < t1) | (self.passes & (t_out == t1))) & taken
+        out = self.out
+        if hi > lo:
+            window = torch.where(passed[..., None], self.interpolate(step, f1, t_out), out[lo:hi])
+            out = torch.cat([out[:lo], window, out[hi:]])
         last = (self.index == self.t_out.shape[0] - 1) & landed
         self.out = torch.where(last[..., None], step.y1, out)
         reached = passed.sum(0)
         self.next_out = self.next_out + reached + landed
         self.interval = torch.where(reached > 0, 0, self.interval)  # max_num_steps counts per output interval
 
-    def interpolate(self, step: RKStep, f1: torch.Tensor) -> torch.Tensor:
-        """The step's dense output at every output time, ``(T, B, M)``; only the times inside the step are used.
-        ``theta`` is clipped to the step so that the unused ones stay finite (their gradient is zero, not nan)."""
+    def interpolate(self, step: RKStep, f1: torch.Tensor, t_out: torch.Tensor) -> torch.Tensor:
+        """The step's dense output at the output times ``t_out`` ``(W, B)``, ``(W, B, M)``; only the times inside the
+        step are used. ``theta`` is clipped to the step so that the unused ones stay finite (their gradient is zero,
+        not nan)."""
         h = torch.where(step.h == 0, 1.0, step.h)  # a finished sample's zero step
-        theta = ((self.t_out - self.tn).to(h.dtype) / h[:, 0]).clamp(0.0, 1.0)
+        theta = ((t_out - self.tn).to(h.dtype) / h[:, 0]).clamp(0.0, 1.0)
         stepper = self.stepper
         if stepper.tableau.interpolation != "polynomial":
             return hermite(theta, step.h, step.y0, step.y1, step.f0, f1)
