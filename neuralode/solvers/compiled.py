@@ -20,7 +20,7 @@ import time
 import types
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
@@ -32,7 +32,7 @@ from neuralode.solvers.problem import Problem
 from neuralode.solvers.tableaus import ButcherTableau
 
 if TYPE_CHECKING:  # annotations only: rk.py imports this module to choose its stepper
-    from neuralode.solvers.rk import ExplicitRKStepper, RKStep
+    from neuralode.solvers.rk import ExplicitRKStepper
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ class CompiledRKStepper(AdaptiveStepper):
         self.prev_ratio: torch.Tensor | None = None  # the PI controller's last accepted error ratio, on the device
 
     def step_and_decide(self, f: Dynamics, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor, plan: Plan,
-                        prob: Problem, ctrl: StepController) -> tuple[RKStep, Decision]:
+                        prob: Problem, ctrl: StepController) -> tuple[CompiledRKStep, Decision]:
         if self.fused is None:
             self.fused = compiled_step(self.eager.tableau, ctrl)
             self.prev_ratio = torch.ones((), dtype=torch.float64, device=y0.device)
@@ -208,9 +208,23 @@ class CompiledRKStepper(AdaptiveStepper):
         y1, stages, decision, self.prev_ratio = self.fused(self.counter, f, prob.norm, self.eager.c_time, t0, y0, f0,
                                                            dt, h_host, self.prev_ratio, prob.rtol, prob.atol)
         ratio, accepted, next_step = decision.tolist()  # the one host sync of this step
-        f1 = stages[-1] if self.eager.last_stage_is_f1 else None
-        step = self.eager.step_type(y1, None, f1, y0, f0, torch.stack(stages), dt.to(y0.dtype))
+        step = CompiledRKStep(y1, stages[-1] if self.eager.last_stage_is_f1 else None, y0, f0, stages, dt)
         return step, ctrl.with_status(bool(accepted), next_step, ratio)
 
-    def interpolate(self, step: RKStep, f1: torch.Tensor, t_out: torch.Tensor, t0: torch.Tensor) -> torch.Tensor:
-        return self.eager.interpolate(step, f1, t_out, t0)
+    def interpolate(self, step: CompiledRKStep, f1: torch.Tensor, t_out: torch.Tensor,
+                    t0: torch.Tensor) -> torch.Tensor:
+        dense = self.eager.step_type(step.y1, None, f1, step.y0, step.f0, torch.stack(step.stages),
+                                     step.dt.to(step.y0.dtype))
+        return self.eager.interpolate(dense, f1, t_out, t0)
+
+
+class CompiledRKStep(NamedTuple):
+    """A compiled step as the loop and the dense output need it; the eager stepper's ``RKStep`` is built only for
+    a step that covers an output (most steps cover none)."""
+
+    y1: torch.Tensor
+    f1: torch.Tensor | None
+    y0: torch.Tensor
+    f0: torch.Tensor
+    stages: list[torch.Tensor]
+    dt: torch.Tensor
