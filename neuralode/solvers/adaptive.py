@@ -1,12 +1,15 @@
-"""The one adaptive loop: a method family supplies a stepper (one step and its error estimate, and the interpolant
-inside a step); the loop asks the controller for each step, attempts it, lets the controller decide, and on
-acceptance saves the outputs the step passed (from its interpolant), watches for an event and starts after a
-``jump_t`` discontinuity. The step budget, the user's step hooks and the recovery from non-finite values (a
-rejected step shrinks by ``dfactor``) are the loop's too.
+"""The one adaptive loop: a method family supplies a stepper (one step and the decision on it, and the interpolant
+inside a step); the loop asks the controller where each step ends, has the stepper attempt it and decide by the
+controller's rule, and on acceptance saves the outputs the step passed (from its interpolant), watches for an
+event and starts after a ``jump_t`` discontinuity. The step budget, the user's step hooks and the recovery from
+non-finite values (a rejected step shrinks by ``dfactor``) are the loop's too.
 
-Host synchronisation: exactly one scalar read per attempted step, the error ratio that decides accept/reject;
-step sizes and times are tracked on the host. Solving until an event adds one read per accepted step: the
-event's sign.
+An embedded method's stepper (:class:`EmbeddedStepper`) returns its error ratio and the controller decides on the
+host; a compiled step (solvers.compiled) makes the same decision inside its program.
+
+Host synchronisation: exactly one read per attempted step, the error ratio (or the compiled step's decision) that
+decides accept/reject; step sizes and times are tracked on the host. Solving until an event adds one read per
+accepted step: the event's sign.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from typing import Any
 import torch
 
 from neuralode.solvers.common import Counter, Dynamics, StepBudget, StepCallbacks, nudged
-from neuralode.solvers.controller import ClipToTimes, Plan, Status, initial_step, make_controller
+from neuralode.solvers.controller import ClipToTimes, Decision, Plan, Status, StepController, initial_step, make_controller
 from neuralode.solvers.errors import NonFiniteError, StepUnderflowError
 from neuralode.solvers.events import EventWatch
 from neuralode.solvers.norms import Norm, Tolerance
@@ -25,12 +28,26 @@ from neuralode.solvers.problem import Problem
 
 
 class AdaptiveStepper(ABC):
-    """One step of an embedded method, ``(f, t0, y0, f0, dt) -> (y1, y_err, f1, dense)`` (``step``), the error ratio
-    of that step (``error_ratio``) and its dense output (``interpolate``). ``f1`` is ``f(t1, y1)`` where the step
-    has it for free, else None (the loop evaluates it once the step is accepted); ``dense`` is what the
-    interpolant needs."""
+    """What the loop drives: a planned step attempted and decided on (``step_and_decide``), and the dense output
+    inside an accepted step (``interpolate``)."""
 
     error_order: int
+
+    @abstractmethod
+    def step_and_decide(self, f: Dynamics, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor, plan: Plan,
+                        prob: Problem, ctrl: StepController) -> tuple[Any, Decision]:
+        """The attempted step (with ``y1``, and ``f1``: ``f(t1, y1)`` where the step has it for free, else None) and
+        the decision on it by ``ctrl``'s rule."""
+
+    @abstractmethod
+    def interpolate(self, step: Any, f1: torch.Tensor, t_out: torch.Tensor, t0: torch.Tensor) -> torch.Tensor:
+        """The states at the times ``t_out`` inside the step from ``t0``, shape ``(len(t_out), N)``."""
+
+
+class EmbeddedStepper(AdaptiveStepper):
+    """One step of an embedded method, ``(f, t0, y0, f0, dt) -> (y1, y_err, f1, dense)`` (``step``), and the error
+    ratio of that step (``error_ratio``), which the controller reads on the host to decide. ``dense`` is what the
+    interpolant needs."""
 
     @abstractmethod
     def step(self, f: Dynamics, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor, dt: float | torch.Tensor,
@@ -42,9 +59,12 @@ class AdaptiveStepper(ABC):
                     norm: Norm) -> torch.Tensor:
         """The step's scaled error (accept at <= 1), a device scalar; called without autograd."""
 
-    @abstractmethod
-    def interpolate(self, step: Any, f1: torch.Tensor, t_out: torch.Tensor, t0: torch.Tensor) -> torch.Tensor:
-        """The states at the times ``t_out`` inside the step from ``t0``, shape ``(len(t_out), N)``."""
+    def step_and_decide(self, f: Dynamics, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor, plan: Plan,
+                        prob: Problem, ctrl: StepController) -> tuple[Any, Decision]:
+        step = self.step(f, t0, y0, f0, plan.dt, plan.t1 if plan.jump else None)
+        with torch.no_grad():  # step control is not differentiated
+            ratio = float(self.error_ratio(y0, step, prob.rtol, prob.atol, prob.norm))
+        return step, ctrl.decide(plan.h, ratio)
 
 
 def solve_adaptive(stepper: AdaptiveStepper, prob: Problem, f: Dynamics, y0: torch.Tensor, counter: Counter, *,
@@ -122,10 +142,8 @@ class _AdaptiveRun:
         on_step, on_accept, on_reject = self.hooks
         if on_step is not None:
             on_step(self.tn, self.y, _step_tensor(plan.dt, self.tn))
-        step = self.stepper.step(self.f, self.tn, self.y, self.f0, plan.dt, plan.t1 if plan.jump else None)
-        with torch.no_grad():  # step control is not differentiated
-            ratio = float(self.stepper.error_ratio(self.y, step, self.prob.rtol, self.prob.atol, self.prob.norm))
-        decision = self.ctrl.decide(plan, ratio)
+        step, decision = self.stepper.step_and_decide(self.f, self.tn, self.y, self.f0, plan, self.prob, self.ctrl.inner)
+        self.ctrl.follow(plan, decision)
         if not decision.accept:
             if on_reject is not None:
                 on_reject(self.tn, self.y, _step_tensor(plan.dt, self.tn))

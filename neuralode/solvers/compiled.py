@@ -1,41 +1,43 @@
 """``options['compile']=True``: the attempted step of an embedded explicit RK method as one compiled program.
 
-On cheap dynamics the eager loop (rk.py) spends most of a step dispatching small operations: the stage
+On cheap dynamics the eager stepper (rk.py) spends most of a step dispatching small operations: the stage
 combinations, the error estimate, its norm and the controller's arithmetic. Here one pure tensor function does
 all of it (stages, solution, error estimate, error norm, accept/reject and the next step size), with the
 tableau's coefficients and the controller's parameters as constants, and ``torch.compile`` traces it, dynamics
-included, into one fused program per shape, dtype and grad mode. The loop around it stays on the host and makes
-the eager loop's decisions (where a step ends, which outputs it covers, when to give up) from the step's
-decision, which it reads in one transfer per attempted step: the one sync the eager loop has too.
+included, into one fused program per shape, dtype and grad mode. :class:`CompiledRKStepper` runs it in the one
+adaptive loop (adaptive.py), which makes the rest of the decisions (where a step ends, which outputs it covers,
+events, hooks, when to give up) from the step's decision, read in one transfer per attempted step: the one sync
+the eager stepper has too.
 
 Where ``torch.compile`` cannot be used (no C compiler, a platform it does not support, dynamics it cannot
-trace), the same function runs eagerly after one warning. Steps of a solve with events, step hooks or
-``step_t``/``jump_t`` are taken by the eager loop, which has those features.
+trace), the same function runs eagerly after one warning. Solves with ``jump_t`` take eager steps: a step ending
+on a discontinuity evaluates its last stages just before it, which the compiled step does not.
 """
 from __future__ import annotations
 
 import logging
-import math
 import time
 import types
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
-from neuralode.solvers.common import Counter, Dynamics, StepBudget, StepCallbacks
-from neuralode.solvers.controller import PIController, StepController, initial_step, make_controller
-from neuralode.solvers.errors import NonFiniteError, StepUnderflowError
+from neuralode.solvers.adaptive import AdaptiveStepper
+from neuralode.solvers.common import Counter, Dynamics
+from neuralode.solvers.controller import Decision, PIController, Plan, StepController
 from neuralode.solvers.norms import Norm, Tolerance, error_scale
+from neuralode.solvers.problem import Problem
 from neuralode.solvers.tableaus import ButcherTableau
+
+if TYPE_CHECKING:  # annotations only: rk.py imports this module to choose its stepper
+    from neuralode.solvers.rk import ExplicitRKStepper
 
 log = logging.getLogger(__name__)
 
 # torch.compile's backend; tests that check the tracing rather than the generated code use "aot_eager".
 BACKEND = "inductor"
-# As rk.py: consecutive rejections for non-finite values before giving up.
-_MAX_NONFINITE_REJECTS = 40
 # Fallback warnings already given, by method and reason, so that a training run warns once.
 _WARNED: set[tuple[str, str]] = set()
 # Seconds each compilation took, by what it was compiled for (method, shape, dtype, grad mode): the cost that a
@@ -177,99 +179,52 @@ def compiled_step(tableau: ButcherTableau, ctrl: StepController) -> CompiledStep
     return _STEPS[key]
 
 
-def takes(method_name: str, options: Mapping[str, Any], callbacks: StepCallbacks | None, event: Any) -> bool:
-    """Whether the compiled loop can take this solve; if not, one warning says why (the eager loop takes it)."""
-    unsupported = [what for what, present in (("step hooks", callbacks is not None), ("events", event is not None),
-                                              ("step_t", options.get("step_t") is not None),
-                                              ("jump_t", options.get("jump_t") is not None)) if present]
-    if unsupported:
-        _warn_once(method_name, "unsupported", f"options['compile'] does not cover {', '.join(unsupported)}: "
-                   f"{method_name} takes eager steps for such solves")
-    return not unsupported
+def takes(method_name: str, options: Mapping[str, Any]) -> bool:
+    """Whether compiled steps can take this solve; if not, one warning says why (eager steps take it)."""
+    if options.get("jump_t") is not None:
+        _warn_once(method_name, "unsupported", f"options['compile'] does not cover jump_t: {method_name} takes "
+                   "eager steps for such solves")
+        return False
+    return True
 
 
-def solve(method: Any, f: Dynamics, y0: torch.Tensor, t: torch.Tensor, t_host: list[float], *, rtol: Tolerance,
-          atol: Tolerance, norm: Norm, options: Mapping[str, Any], counter: Counter, dense: Any,
-          time_sign: float = 1.0, land: bool = False) -> torch.Tensor:
-    """The adaptive solve of ``method`` (an :class:`~neuralode.solvers.rk.AdaptiveRK`) with compiled steps: the
-    eager loop's rules for where each step ends and for the outputs, so that both take the same steps.
-    ``dense``: the method's eager stepper, whose dense output gives the states at output times inside a step."""
-    tab = method.tableau
-    co = tab.tensors(y0.dtype, y0.device)
-    n_out = len(t_host)
-    blocks = [y0[None]]
-    if n_out == 1:
-        return blocks[0]
-    ctrl = make_controller(options, tab.error_order)
-    step = compiled_step(tab, ctrl)
-    user_t = lambda s: time_sign * s  # noqa: E731
-    budget = StepBudget(options, lambda: f"method {tab.name!r} reached t={user_t(tn_host):.6g} of "
-                                         f"[{user_t(t_host[0]):.6g}, {user_t(t_host[-1]):.6g}]")
-    c_time = co["c"].to(t.dtype)
-    if t.dtype != y0.dtype:
-        f_time, f = f, lambda s, y: f_time(s.to(y.dtype), y)
-    state_time = (lambda s: s.to(y0.dtype)) if t.dtype != y0.dtype else (lambda s: s)
-    may_overshoot = not (land or ctrl.lands_on_last_output)
+class CompiledRKStepper(AdaptiveStepper):
+    """The steps of an explicit RK method, each attempted and decided on (by the loop's controller's rule) in one
+    compiled program; the dense output is the eager stepper's, from the stages the program returns."""
 
-    tn, tn_host, y = t[0], t_host[0], y0
-    f0 = f(tn, y)
-    if options.get("first_step") is not None:
-        h = float(options["first_step"])
-    else:
-        with torch.no_grad():
-            h = float(initial_step(f, tn.detach(), y.detach(), f0.detach(), tab.error_order, rtol, atol, norm))
-        if not math.isfinite(h):
-            if not bool(torch.isfinite(f0).all()):
-                raise NonFiniteError(f"the ODE function returned non-finite values at t={user_t(tn_host):.6g} "
-                                     "(initial state); check the dynamics and y0")
-            h = 1e-3 * (t_host[-1] - t_host[0])
-    h = min(ctrl.max_step, max(ctrl.min_step, h))
-    prev_ratio = torch.ones((), dtype=torch.float64, device=y0.device)
+    def __init__(self, eager: ExplicitRKStepper, counter: Counter) -> None:
+        self.eager, self.counter, self.error_order = eager, counter, eager.error_order
+        self.fused: CompiledStep | None = None  # for the loop's controller, looked up on the first step
+        self.prev_ratio: torch.Tensor | None = None  # the PI controller's last accepted error ratio, on the device
 
-    next_out, bad, target = 1, 0, n_out - 1
-    goal_host, goal = t_host[target], t[target]
-    while next_out < n_out:
-        remaining = goal_host - tn_host
-        budget.spend()
-        lands = 1.01 * h >= remaining and not may_overshoot
-        if lands:
-            h_step, h_dev, t_new, t_new_host = remaining, goal - tn, goal, goal_host
-        else:
-            h_step = remaining / 2 if remaining < 2 * h and not may_overshoot else h
-            h_dev = torch.full((), h_step, dtype=t.dtype, device=t.device)
-            t_new, t_new_host = tn + h_dev, tn_host + h_step
-            if t_new_host == tn_host:
-                raise StepUnderflowError(f"step size underflow at t={user_t(tn_host):.6g} (h={h:.3g}); "
-                                         "the problem may be stiff or the dynamics non-finite")
-        h_host = torch.full((), h_step, dtype=torch.float64, device=y0.device)
-        y1, stages, decision, new_prev = step(counter, f, norm, c_time, tn, y, f0, h_dev, h_host, prev_ratio,
-                                              rtol, atol)
-        ratio, accepted, h_next = decision.tolist()  # the one host sync of this step
-        if not accepted:
-            counter.rejected += 1
-            bad = bad + 1 if not math.isfinite(ratio) else 0
-            if bad > _MAX_NONFINITE_REJECTS:
-                raise NonFiniteError(
-                    f"the ODE function returned non-finite values near t={user_t(tn_host):.6g} and shrinking "
-                    f"the step to {h_step:.3g} did not help; check the dynamics for overflow")
-            h = h_next
-            continue
-        counter.accepted += 1
-        bad, prev_ratio = 0, new_prev
-        f1 = stages[-1] if tab.fsal or tab.reuse_last_stage else f(t_new, y1)
-        reached = lands and t_new_host == t_host[target]
-        j = next_out
-        while j < n_out and (t_host[j] < t_new_host or may_overshoot and t_host[j] == t_new_host):
-            j += 1
-        if j > next_out:
-            budget.output_reached()
-            taken = dense.step_type(y1, None, None, y, f0, torch.stack(stages), state_time(h_dev))
-            blocks.append(dense.interpolate(taken, f1, t[next_out:j], tn))
-        if reached:
-            blocks.append(y1[None])
-            j = n_out
-        next_out = j
-        h = max(h_next, h) if lands else h_next
-        tn, tn_host, y, f0 = t_new, t_new_host, y1, f1
-    counter.next_step = h
-    return torch.cat(blocks)
+    def step_and_decide(self, f: Dynamics, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor, plan: Plan,
+                        prob: Problem, ctrl: StepController) -> tuple[CompiledRKStep, Decision]:
+        if self.fused is None:
+            self.fused = compiled_step(self.eager.tableau, ctrl)
+            self.prev_ratio = torch.ones((), dtype=torch.float64, device=y0.device)
+        # The step as a device tensor (a Python float would be traced as a constant, one program per step size).
+        dt = plan.dt if torch.is_tensor(plan.dt) else torch.full((), plan.dt, dtype=t0.dtype, device=t0.device)
+        h_host = torch.full((), plan.h, dtype=torch.float64, device=y0.device)
+        y1, stages, decision, self.prev_ratio = self.fused(self.counter, f, prob.norm, self.eager.c_time, t0, y0, f0,
+                                                           dt, h_host, self.prev_ratio, prob.rtol, prob.atol)
+        ratio, accepted, next_step = decision.tolist()  # the one host sync of this step
+        step = CompiledRKStep(y1, stages[-1] if self.eager.last_stage_is_f1 else None, y0, f0, stages, dt)
+        return step, ctrl.with_status(bool(accepted), next_step, ratio)
+
+    def interpolate(self, step: CompiledRKStep, f1: torch.Tensor, t_out: torch.Tensor,
+                    t0: torch.Tensor) -> torch.Tensor:
+        dense = self.eager.step_type(step.y1, None, f1, step.y0, step.f0, torch.stack(step.stages),
+                                     step.dt.to(step.y0.dtype))
+        return self.eager.interpolate(dense, f1, t_out, t0)
+
+
+class CompiledRKStep(NamedTuple):
+    """A compiled step as the loop and the dense output need it; the eager stepper's ``RKStep`` is built only for
+    a step that covers an output (most steps cover none)."""
+
+    y1: torch.Tensor
+    f1: torch.Tensor | None
+    y0: torch.Tensor
+    f0: torch.Tensor
+    stages: list[torch.Tensor]
+    dt: torch.Tensor

@@ -109,7 +109,11 @@ class StepController(ABC):
         step is already at ``min_step`` (rejecting it could only repeat it, as torchdiffeq reasons); the next step
         from :meth:`next_step`; give up once the ratio stayed non-finite for too many rejections in a row."""
         accept = ratio <= 1.0 or (self.min_step > 0 and h <= self.min_step and math.isfinite(ratio))
-        next_step = self.next_step(h, ratio, accept)
+        return self.with_status(accept, self.next_step(h, ratio, accept), ratio)
+
+    def with_status(self, accept: bool, next_step: float, ratio: float) -> Decision:
+        """The decision, made here or by a compiled step (solvers.compiled) under this controller's rule, with its
+        status: the solve gives up once the ratio stayed non-finite for too many rejections in a row."""
         self.nonfinite_rejects = 0 if accept or math.isfinite(ratio) else self.nonfinite_rejects + 1
         return Decision(accept, next_step,
                         Status.NONFINITE if self.nonfinite_rejects > MAX_NONFINITE_REJECTS else Status.OK)
@@ -239,17 +243,16 @@ class ClipToTimes:
         h = remaining / 2 if remaining < 2 * self.h and not passes else self.h
         return Plan(h, h, tn + h, tn_host + h, False, False, False, passes)
 
-    def decide(self, plan: Plan, ratio: float) -> Decision:
-        """The inner controller's decision; an accepted step that landed keeps the step size proposed before it
-        (landing says nothing bad about the step size) unless the controller proposes a larger one."""
-        decision = self.inner.decide(plan.h, ratio)
+    def follow(self, plan: Plan, decision: Decision) -> None:
+        """Move on by the inner controller's decision on the planned step; an accepted step that landed keeps the step
+        size proposed before it (landing says nothing bad about the step size) unless the controller proposes a
+        larger one."""
         if decision.accept and plan.lands:
             if plan.on_stop:
                 self.next_stop += 1
             self.h = max(decision.next_step, self.h)
         else:
             self.h = decision.next_step
-        return decision
 
 
 def _stop_times(options: Mapping[str, Any], t0: float, time_sign: float,

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 
 from neuralode.solvers import compiled
-from neuralode.solvers.adaptive import AdaptiveStepper, solve_adaptive
+from neuralode.solvers.adaptive import AdaptiveStepper, EmbeddedStepper, solve_adaptive
 from neuralode.solvers.common import Counter, Dynamics, StepCallbacks, nudged
 from neuralode.solvers.events import EventWatch
 from neuralode.solvers.grid import FixedGridMethod, Grid, GridStepper, stage_times
@@ -83,7 +83,7 @@ class RKStep(NamedTuple):
     h: float | torch.Tensor
 
 
-class ExplicitRKStepper(AdaptiveStepper):
+class ExplicitRKStepper(EmbeddedStepper):
     """One step of an embedded explicit pair; time may be held in a wider dtype than the state (``time_dtype``)."""
 
     step_type = RKStep  # what a compiled step (solvers.compiled) builds to use this stepper's dense output
@@ -159,9 +159,7 @@ class AdaptiveRK(Method):
     def solve(self, prob: Problem, f: Dynamics, y0: torch.Tensor, counter: Counter, *,
               callbacks: StepCallbacks | None = None, event: EventWatch | None = None,
               land: bool = False) -> torch.Tensor:
-        stepper = ExplicitRKStepper(self.tableau, y0.dtype, y0.device, prob.t.dtype)
-        if prob.options.get("compile") and compiled.takes(self.name, prob.options, callbacks, event):
-            return compiled.solve(self, f, y0, prob.t, prob.t_host, rtol=prob.rtol, atol=prob.atol, norm=prob.norm,
-                                  options=prob.options, counter=counter, dense=stepper, time_sign=prob.time_sign,
-                                  land=land)
+        stepper: AdaptiveStepper = ExplicitRKStepper(self.tableau, y0.dtype, y0.device, prob.t.dtype)
+        if prob.options.get("compile") and compiled.takes(self.name, prob.options):
+            stepper = compiled.CompiledRKStepper(stepper, counter)
         return solve_adaptive(stepper, prob, f, y0, counter, callbacks=callbacks, event=event, land=land)

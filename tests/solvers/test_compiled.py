@@ -86,9 +86,57 @@ def test_compile_option_must_be_a_bool():
         _solve("dopri5", "yes", "forward")  # type: ignore[arg-type]
 
 
-def test_solves_with_step_t_take_eager_steps_after_one_warning(fresh_steps):
-    options = {"step_t": [0.7]}
-    with pytest.warns(UserWarning, match=r"options\['compile'\] does not cover step_t: dopri5 takes eager steps"):
+@pytest.mark.parametrize("controller", ["integral", "pi"])
+def test_step_t_and_step_hooks_take_the_eager_steps(no_compiler, controller: str):
+    """Compiled steps run in the one adaptive loop, so its step_t landings and step hooks serve them too: the same
+    steps, hook calls and results as eager steps."""
+    def solve(compile: bool) -> tuple[torch.Tensor, list[tuple[str, float, float]], dict[str, int]]:
+        func = MLPDynamics(dim=2, hidden=16).double()
+        calls: list[tuple[str, float, float]] = []
+        for hook in ("step", "accept_step", "reject_step"):
+            setattr(func, f"callback_{hook}", lambda t0, y0, dt, hook=hook: calls.append((hook, float(t0), float(dt))))
+        stats = SolveStats()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the fallback's warning
+            ys = neuralode.odeint(func, torch.tensor([0.5, -0.3], dtype=torch.float64),
+                                  torch.linspace(0, 2, 5, dtype=torch.float64), rtol=1e-6, atol=1e-7, method="dopri5",
+                                  options={"compile": compile, "step_t": [0.7, 1.3], "controller": controller},
+                                  stats=stats)
+        return ys.detach(), calls, stats.as_dict()
+
+    ys, calls, counts = solve(True)
+    ys_eager, calls_eager, counts_eager = solve(False)
+    assert counts == counts_eager and counts["steps_accepted_forward"] > 2
+    assert [c[0] for c in calls] == [c[0] for c in calls_eager]
+    assert torch.tensor([c[1:] for c in calls]).allclose(torch.tensor([c[1:] for c in calls_eager]), rtol=1e-12)
+    assert any(abs(t0 - 0.7) < 1e-12 for _, t0, _ in calls)  # a step started on the step_t time
+    assert _relative(ys, ys_eager) <= 1e-12
+
+
+def test_event_solve_takes_the_eager_steps(no_compiler):
+    def solve(compile: bool) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
+        func = MLPDynamics(dim=2, hidden=16).double()
+        stats = SolveStats()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the fallback's warning
+            event_t, ys = neuralode.odeint_event(func, torch.tensor([0.5, -0.3], dtype=torch.float64),
+                                                 torch.tensor(0.0, dtype=torch.float64),
+                                                 event_fn=lambda t, y: t - 1.5 + y[0] * 0.0, rtol=1e-6, atol=1e-7,
+                                                 method="dopri5", options={"compile": compile}, stats=stats)
+        return event_t.detach(), ys.detach(), stats.as_dict()
+
+    event_t, ys, counts = solve(True)
+    event_t_eager, ys_eager, counts_eager = solve(False)
+    assert counts == counts_eager
+    # The event is located by bisection on the dense output, whose rounding moves the located time (and the state
+    # there) by ~1e-12.
+    assert abs(float(event_t) - 1.5) < 1e-6 and abs(float(event_t - event_t_eager)) < 1e-10
+    assert _relative(ys, ys_eager) <= 1e-10
+
+
+def test_solves_with_jump_t_take_eager_steps_after_one_warning(fresh_steps):
+    options = {"jump_t": [0.7]}
+    with pytest.warns(UserWarning, match=r"options\['compile'\] does not cover jump_t: dopri5 takes eager steps"):
         ys, _, counts = _solve("dopri5", True, "forward", options=options)
     ys_eager, _, counts_eager = _solve("dopri5", False, "forward", options=options)
     assert torch.equal(ys, ys_eager) and counts == counts_eager
