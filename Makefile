@@ -15,7 +15,7 @@ JOBS ?= 2
 SEEDS ?=
 SEEDS_ARG = $(if $(SEEDS),--seeds $(shell seq 0 $$(($(SEEDS) - 1))))
 # The demo per data set: on the embedded digits, profile=demo trains in full an ODE-Net of half the paper's
-# width (32 channels), which fits a minute on a 2-core CPU; MNIST-size data sets take profile=smoke.
+# width (32 channels), which takes about 80 s on a 2-core CPU; MNIST-size data sets take profile=smoke.
 DEMO_ARGS_digits = profile=demo model.channels=32
 # make demo TASK=dynamics: the course's cubic-oscillator neural ODE instead (task_profile/dynamics_demo.yaml).
 TASK ?= mnist
@@ -32,7 +32,7 @@ $(PY):
 install: $(PY) ## Create .venv and install neuralode with the dev extra (pytest, torchdiffeq, scipy)
 	$(PY) -m pip install -e ".[dev]"
 
-demo: ## Train the ODE-Net on the embedded digits, offline, in under a minute (DATA=mnist|fashion_mnist DATA_ROOT=..., TASK=dynamics)
+demo: ## Train the ODE-Net on the embedded digits, offline, in about 80 s (DATA=mnist|fashion_mnist DATA_ROOT=..., TASK=dynamics)
 ifeq ($(TASK),dynamics)
 	$(NEURALODE) train task=dynamics data=cubic model=node model.cubic_feature=true profile=demo
 else
