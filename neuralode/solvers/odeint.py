@@ -63,8 +63,9 @@ def odeint(func: Callable[[torch.Tensor, State], State], y0: State, t: torch.Ten
     """
     options, per_sample = split_per_sample(options)
     if per_sample:
-        check_method(resolve_method(method), options, event_fn)
-        ys, counter, counts = odeint_per_sample(func, y0, t, rtol, atol, resolve_method(method), options)
+        solver = resolve_method(method)
+        check_method(solver, options, event_fn)
+        ys, counter, counts = odeint_per_sample(func, y0, t, rtol, atol, solver, options)
         if stats is not None:
             stats.record(counter.nfe, counter.accepted, counter.rejected, "forward", counts)
         return ys

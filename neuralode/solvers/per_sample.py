@@ -24,7 +24,14 @@ from typing import Any
 
 import torch
 
-from neuralode.solvers.arguments import CALLBACK_NAMES, ToleranceArg, check_options, check_tolerance, solve_time_dtype
+from neuralode.solvers.arguments import (
+    CALLBACK_NAMES,
+    ToleranceArg,
+    check_not_both_zero,
+    check_options,
+    check_tolerance,
+    solve_time_dtype,
+)
 from neuralode.solvers.common import Counter, hermite, warn_caller
 from neuralode.solvers.controller import MAX_NONFINITE_REJECTS, initial_step, make_controller
 from neuralode.solvers.errors import MaxNumStepsError, NonFiniteError, StepUnderflowError, UnsupportedError
@@ -121,23 +128,22 @@ def orientation(t: torch.Tensor, t_host: list[list[float]]) -> tuple[torch.Tenso
 
 
 def build_sample_problem(y0: torch.Tensor, t: Any, rtol: ToleranceArg, atol: ToleranceArg, method: Method,
-                         options: Mapping[str, Any] | None) -> tuple[SampleProblem, list[list[float]]]:
-    """Validate a per-sample solve (``options`` without ``per_sample``); also returns the host copy of ``t``."""
+                         options: Mapping[str, Any] | None) -> SampleProblem:
+    """Validate a per-sample solve (``options`` without ``per_sample``)."""
     if not torch.is_tensor(y0) or y0.is_complex() or y0.ndim == 0:
         got = f"shape {tuple(y0.shape)}, {y0.dtype}" if torch.is_tensor(y0) else type(y0).__name__
         raise UnsupportedError(f"{SUPPORTED}; got y0 of {got}")
     structure = StateStructure(y0)
     batch = y0.shape[0]
     tols = [check_tolerance(name, value, structure) for name, value in (("rtol", rtol), ("atol", atol))]
+    check_not_both_zero("", method, *tols)
     rtol, atol = (tol.view(batch, -1) if torch.is_tensor(tol) else tol for tol in tols)
-    if method.adaptive and not (torch.is_tensor(rtol) or torch.is_tensor(atol)) and rtol == atol == 0:
-        raise ValueError(f"rtol and atol cannot both be 0 for the adaptive method {method.name!r}")
     opts = check_options(method, options)
     t, t_host = sample_times(t, batch, solve_time_dtype(method, opts, y0.dtype), y0.device)
     if not method.adaptive:  # steps on each sample's t as it is, forwards or backwards
-        return SampleProblem(method, t, 1.0, rtol, atol, opts), t_host
+        return SampleProblem(method, t, 1.0, rtol, atol, opts)
     s, sign = orientation(t, t_host)
-    return SampleProblem(method, s, sign, rtol, atol, opts), t_host
+    return SampleProblem(method, s, sign, rtol, atol, opts)
 
 
 class SampleDynamics:
@@ -374,7 +380,7 @@ def odeint_per_sample(func: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
                       ) -> tuple[torch.Tensor, Counter, SampleCounts]:
     """:func:`~neuralode.solvers.odeint.odeint` with ``per_sample=True`` (``options`` without it): the states
     ``(T, *y0.shape)``, the batch-wide counts and each sample's."""
-    prob, _ = build_sample_problem(y0, t, rtol, atol, method, options)
+    prob = build_sample_problem(y0, t, rtol, atol, method, options)
     hooks = [name for name in CALLBACK_NAMES if getattr(func, name, None) is not None]
     if hooks:
         warn_caller(f"per_sample=True does not call {', '.join(hooks)} (ignored)")

@@ -107,7 +107,6 @@ class _Backward:
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
             fy = self.func(t, y.reshape(self.shape)).reshape(y.shape)
-            wrt = (y, *self.params)
             if not fy.requires_grad:
                 return torch.cat([fy, torch.zeros_like(z[:, m:])], dim=1)
             (vjp_y,) = torch.autograd.grad(fy, y, -a, retain_graph=bool(self.params), allow_unused=True)
@@ -115,7 +114,7 @@ class _Backward:
             if self.params:
                 # Sample b's cotangent is -a_b on its own row and zero elsewhere: B products in one batched pass.
                 one_hot = torch.eye(len(a), dtype=a.dtype, device=a.device)[:, :, None]
-                grads = torch.autograd.grad(fy, wrt[1:], -one_hot * a, is_grads_batched=True, allow_unused=True)
+                grads = torch.autograd.grad(fy, self.params, -one_hot * a, is_grads_batched=True, allow_unused=True)
                 parts += [torch.zeros(len(a), n, dtype=a.dtype, device=a.device) if g is None else g.reshape(len(a), -1)
                           for g, n in zip(grads, self.p_sizes)]
         return torch.cat(parts, dim=1)
@@ -146,7 +145,7 @@ def odeint_adjoint_per_sample(func: Callable, y0: torch.Tensor, t: torch.Tensor,
     ``adjoint_options`` (None where not given); an ``event_fn`` is refused."""
     forward_method = resolve_method(method)
     check_method(forward_method, options, event_fn, adaptive_only=True)
-    prob, _ = build_sample_problem(y0, t, rtol, atol, forward_method, options)
+    prob = build_sample_problem(y0, t, rtol, atol, forward_method, options)
     adj_method = resolve_method(adjoint["adjoint_method"] or forward_method.name, "adjoint_method")
     adj_options = adjoint["adjoint_options"]
     if adj_options is None:
@@ -165,7 +164,7 @@ def odeint_adjoint_per_sample(func: Callable, y0: torch.Tensor, t: torch.Tensor,
             raise ValueError(f"odeint_adjoint: a per-element {name} does not carry over to the backward solve's "
                              f"augmented state; pass adjoint_{name} as a number")
         tols.append(check_tolerance(f"adjoint_{name}", forward_tol if given is None else given))
-    backward, _ = build_sample_problem(y0, t, *tols, adj_method, adj_options)
+    backward = build_sample_problem(y0, t, *tols, adj_method, adj_options)
     m = y0[0].numel()
     p_total = sum(p.numel() for p in params)
     backward.norm = RowMixedNorm([m, m, p_total], [True, True, norm != "seminorm"])

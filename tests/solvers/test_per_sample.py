@@ -260,3 +260,14 @@ def test_one_host_read_per_attempted_step(monkeypatch):
     # The loop's reads (one per attempt, one more to see all done) and a handful per solve: checking t, the
     # first step, the totals.
     assert attempts + 1 <= len(reads) <= attempts + 1 + 6
+
+
+def test_tolerances_that_both_vanish_somewhere_are_refused_as_in_a_joint_solve():
+    """The same check as the joint solve's: zero rtol and atol together, as numbers or at one element."""
+    y0, t = torch.ones(3, 2), torch.linspace(0.0, 1.0, 3)
+    with pytest.raises(ValueError, match="rtol and atol cannot both be 0 for the adaptive method 'dopri5'"):
+        odeint(lambda s, y: -y, y0, t, rtol=0.0, atol=0.0, options=dict(per_sample=True))
+    atol = torch.full_like(y0, 1e-6)
+    atol[1, 0] = 0.0
+    with pytest.raises(ValueError, match="cannot both be 0 \\(at flat index 2\\)"):
+        odeint(lambda s, y: -y, y0, t, rtol=0.0, atol=atol, options=dict(per_sample=True))
